@@ -1,0 +1,233 @@
+"""The event model, the status state machine and the per-session hash chain.
+
+Nothing here touches the database or the network, so the rules can be read (and tested)
+on their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Protocol
+from uuid import UUID
+
+from ledger.errors import Conflict
+
+GENESIS_HASH = "0" * 64
+
+
+class Status(StrEnum):
+    UPLOADED = "uploaded"
+    QUEUED = "queued"
+    TRANSCRIBING = "transcribing"
+    DIARIZING = "diarizing"
+    ANALYZING = "analyzing"
+    PROCESSED = "processed"
+    FAILED = "failed"
+
+
+class EventType(StrEnum):
+    PROGRESS = "progress"
+    COMPLETE = "complete"
+    ERROR = "error"
+
+
+TERMINAL_TYPES = frozenset({EventType.COMPLETE, EventType.ERROR})
+
+
+def event_type_for(status: Status) -> EventType:
+    """The SSE event name follows from the status: the two terminal ones end the stream."""
+    if status is Status.PROCESSED:
+        return EventType.COMPLETE
+    if status is Status.FAILED:
+        return EventType.ERROR
+    return EventType.PROGRESS
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """What a writer asks to append; the store adds version, actor, time and hashes."""
+
+    status: Status
+    progress: int | None = None
+    message: str | None = None
+    error: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    session_id: UUID
+    version: int
+    position: int
+    type: EventType
+    status: Status
+    progress: int
+    message: str | None
+    error: str | None
+    data: dict[str, Any]
+    actor: str
+    recorded_at: datetime
+    prev_hash: str
+    hash: str
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.type in TERMINAL_TYPES
+
+    def to_json(self) -> dict[str, Any]:
+        """The one public shape of an event: HTTP bodies, SSE ``data:`` and WebSocket."""
+        return {
+            "session_id": str(self.session_id),
+            "version": self.version,
+            "position": self.position,
+            "type": self.type.value,
+            "status": self.status.value,
+            "progress": self.progress,
+            "message": self.message,
+            "error": self.error,
+            "data": self.data,
+            "actor": self.actor,
+            "recorded_at": format_timestamp(self.recorded_at),
+        }
+
+
+def format_timestamp(moment: datetime) -> str:
+    """UTC, always with microseconds, so the hashed text is the published text."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Hashed(Protocol):
+    """The fields of an event that the chain covers (everything but position and hashes)."""
+
+    @property
+    def version(self) -> int: ...
+    @property
+    def type(self) -> EventType: ...
+    @property
+    def status(self) -> Status: ...
+    @property
+    def progress(self) -> int: ...
+    @property
+    def message(self) -> str | None: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def data(self) -> dict[str, Any]: ...
+
+
+def canonical_json(session_id: UUID, actor: str, recorded_at: datetime, event: Hashed) -> str:
+    """The hashed form: sorted keys, no spaces, UTF-8 as is (README: "Hash chain")."""
+    return json.dumps(
+        {
+            "session_id": str(session_id),
+            "version": event.version,
+            "type": event.type.value,
+            "status": event.status.value,
+            "progress": event.progress,
+            "message": event.message,
+            "error": event.error,
+            "data": event.data,
+            "actor": actor,
+            "recorded_at": format_timestamp(recorded_at),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
+
+
+def chain_hash(prev_hash: str, canonical: str) -> str:
+    return hashlib.sha256((prev_hash + canonical).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The latest event of a session, as far as appending needs it."""
+
+    version: int = 0
+    progress: int = 0
+    hash: str = GENESIS_HASH
+    terminal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """A new event with everything decided except its global position."""
+
+    version: int
+    type: EventType
+    status: Status
+    progress: int
+    message: str | None
+    error: str | None
+    data: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+def seal(
+    session_id: UUID,
+    head: Head,
+    batch: Sequence[NewEvent],
+    *,
+    actor: str,
+    recorded_at: datetime,
+) -> list[Sealed]:
+    """Apply the state machine to a batch and chain it onto ``head``.
+
+    A terminal status ends the session: nothing may follow it, neither in a later request
+    nor later in the same batch. Omitted progress carries the last value forward, and
+    ``processed`` means 100.
+    """
+    sealed: list[Sealed] = []
+    terminal = head.terminal
+    version, progress, prev = head.version, head.progress, head.hash
+    for new in batch:
+        if terminal:
+            raise Conflict("the session has ended: no event may follow a terminal event")
+        version += 1
+        kind = event_type_for(new.status)
+        if new.progress is not None:
+            progress = new.progress
+        elif new.status is Status.PROCESSED:
+            progress = 100
+        unhashed = Sealed(
+            version, kind, new.status, progress, new.message, new.error, new.data, prev, ""
+        )
+        digest = chain_hash(prev, canonical_json(session_id, actor, recorded_at, unhashed))
+        sealed.append(replace(unhashed, hash=digest))
+        prev = digest
+        terminal = kind in TERMINAL_TYPES
+    return sealed
+
+
+@dataclass(frozen=True, slots=True)
+class ChainBreak:
+    version: int
+    reason: str
+
+
+def verify_chain(events: Sequence[Event], *, prev_hash: str = GENESIS_HASH) -> ChainBreak | None:
+    """Recompute a session's chain from its stored rows; the first mismatch is the answer."""
+    expected_version = 1
+    if events:
+        expected_version = events[0].version
+    for event in events:
+        if event.version != expected_version:
+            return ChainBreak(expected_version, f"version {expected_version} is missing")
+        if event.prev_hash != prev_hash:
+            return ChainBreak(event.version, "prev_hash does not match the previous event's hash")
+        recomputed = chain_hash(
+            prev_hash, canonical_json(event.session_id, event.actor, event.recorded_at, event)
+        )
+        if recomputed != event.hash:
+            return ChainBreak(event.version, "the stored hash does not match the event's content")
+        prev_hash = event.hash
+        expected_version += 1
+    return None

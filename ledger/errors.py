@@ -1,0 +1,39 @@
+"""One root error; ``ledger.api.errors`` maps each kind to its HTTP status in one handler."""
+
+from __future__ import annotations
+
+
+class LedgerError(Exception):
+    status_code = 500
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class BadRequest(LedgerError):
+    status_code = 400
+
+
+class Unauthorized(LedgerError):
+    status_code = 401
+
+
+class Forbidden(LedgerError):
+    status_code = 403
+
+
+class NotFound(LedgerError):
+    status_code = 404
+
+
+class Conflict(LedgerError):
+    status_code = 409
+
+
+class PayloadTooLarge(LedgerError):
+    status_code = 413
+
+
+class Unprocessable(LedgerError):
+    status_code = 422

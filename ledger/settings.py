@@ -1,0 +1,68 @@
+"""Every ``LEDGER_*`` variable, in one place: no other module reads the environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+JwtAlgorithm = Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LEDGER_", extra="ignore")
+
+    # libpq form (postgresql://user@host:5432/db); unset means the embedded server.
+    database_url: str | None = None
+    # Used only by the test suite: a server on which tests may create databases.
+    test_database_url: str | None = None
+    # Embedded PostgreSQL data and the generated development secret live here.
+    data_dir: Path = Path(".ledger")
+
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    # Only `ledger token` needs it, to mint RS/ES tokens for development.
+    jwt_private_key: str | None = None
+    # Fixed by configuration, never read from a token. Defaults from the key type.
+    jwt_algorithm: JwtAlgorithm | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway_seconds: int = Field(default=10, ge=0, le=300)
+
+    heartbeat_seconds: float = Field(default=15.0, gt=0)
+    # The `retry:` hint (milliseconds) sent to EventSource clients.
+    retry_ms: int = Field(default=2000, ge=0)
+    cors_origins: Annotated[list[str], NoDecode] = []
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_batch_events: int = Field(default=1000, ge=1)
+    max_page_size: int = Field(default=1000, ge=1)
+    # Per-subscriber bound; on overflow the subscriber reads from the table instead.
+    subscriber_queue_size: int = Field(default=256, ge=1)
+    pool_size: int = Field(default=10, ge=1)
+    # How long the listener waits in silence before probing its connection.
+    listener_probe_seconds: float = Field(default=5.0, gt=0)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _no_wildcard(cls, value: list[str]) -> list[str]:
+        if "*" in value:
+            raise ValueError("'*' is not allowed: streams are read with credentials")
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
