@@ -1,0 +1,1 @@
+"""HTTP and WebSocket surface: one router per resource, shared dependencies in ``deps``."""

@@ -1,0 +1,37 @@
+"""Liveness, readiness and Prometheus metrics: open to anyone, cheap to call."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ledger.api.deps import RuntimeDep
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    """Ready when the database answers and this process's LISTEN connection is up."""
+    try:
+        await runtime.store.ping()
+        database = True
+    except Exception:
+        database = False
+    listener = runtime.hub.listening
+    ready = database and listener
+    return JSONResponse(
+        {"status": "ready" if ready else "unavailable", "database": database, "listener": listener},
+        status_code=200 if ready else 503,
+    )
+
+
+@router.get("/metrics")
+async def prometheus_metrics(runtime: RuntimeDep) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,143 @@
+"""Request and response bodies. Input is strict: a wrong type is an error, never coerced."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+from uuid import UUID
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+)
+
+from ledger.domain import EventType, NewEvent, Status
+
+MAX_DATA_DEPTH = 16
+MAX_TEXT = 4000
+MAX_VERSION = 2**31 - 1
+MAX_POSITION = 2**63 - 1
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text and jsonb cannot hold U+0000; refuse it here instead of failing there.
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character")
+    return value
+
+
+def _storable_json(value: Any, depth: int = 0) -> None:
+    if depth > MAX_DATA_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_DATA_DEPTH} levels")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("numbers must be finite (no NaN or Infinity)")
+    if isinstance(value, str):
+        _no_nul(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_nul(key)
+            _storable_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _storable_json(item, depth + 1)
+
+
+def _check_data(value: dict[str, Any]) -> dict[str, Any]:
+    _storable_json(value)
+    return value
+
+
+Text = Annotated[StrictStr, Field(max_length=MAX_TEXT), AfterValidator(_no_nul)]
+Identifier = Annotated[StrictStr, Field(min_length=1, max_length=200), AfterValidator(_no_nul)]
+Data = Annotated[dict[str, Any], AfterValidator(_check_data)]
+Version = Annotated[StrictInt, Field(ge=0, le=MAX_VERSION)]
+
+
+class EventIn(BaseModel):
+    """One progress change. ``progress`` may be omitted: it then keeps its last value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Status
+    progress: Annotated[StrictInt, Field(ge=0, le=100)] | None = None
+    message: Text | None = None
+    error: Text | None = None
+    data: Data = Field(default_factory=dict)
+
+    def to_new(self) -> NewEvent:
+        return NewEvent(self.status, self.progress, self.message, self.error, self.data)
+
+
+class SingleEventIn(EventIn):
+    expected_version: Version | None = None
+
+
+class BatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: Annotated[list[EventIn], Field(min_length=1)]
+    expected_version: Version | None = None
+
+
+AppendBody = SingleEventIn | BatchIn | Annotated[list[EventIn], Field(min_length=1)]
+
+
+class SessionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: UUID | None = None
+    patient_id: Identifier
+
+
+class SessionOut(BaseModel):
+    id: UUID
+    patient_id: str
+    created_at: str
+
+
+class EventOut(BaseModel):
+    session_id: UUID
+    version: int
+    position: int
+    type: EventType
+    status: Status
+    progress: int
+    message: str | None
+    error: str | None
+    data: dict[str, Any]
+    actor: str
+    recorded_at: str
+
+
+class StatusOut(BaseModel):
+    """The latest event, or ``version: 0`` and nulls before the first one."""
+
+    session_id: UUID
+    version: int
+    position: int | None
+    type: EventType | None
+    status: Status | None
+    progress: int
+    message: str | None
+    error: str | None
+    data: dict[str, Any]
+    actor: str | None
+    recorded_at: str | None
+
+
+class PageOut(BaseModel):
+    events: list[EventOut]
+    next_after: int | None
+
+
+class ErrorOut(BaseModel):
+    detail: Any
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the JSON ``{"detail": ...}`` errors an operation can answer."""
+    return {code: {"model": ErrorOut} for code in codes}

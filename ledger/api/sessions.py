@@ -1,0 +1,138 @@
+"""Sessions: register, append, read the current state and the history."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Body, Header, Query
+from fastapi.responses import JSONResponse
+
+from ledger import metrics
+from ledger.api.deps import CurrentPrincipal, ReadableSession, RuntimeDep
+from ledger.api.responses import etag, events_response, page_response
+from ledger.api.schemas import (
+    MAX_VERSION,
+    AppendBody,
+    BatchIn,
+    EventIn,
+    EventOut,
+    PageOut,
+    SessionIn,
+    SessionOut,
+    SingleEventIn,
+    StatusOut,
+    error_responses,
+)
+from ledger.auth import require_append
+from ledger.errors import BadRequest, Unprocessable
+from ledger.feeds import status_body
+
+router = APIRouter(prefix="/api/sessions", tags=["sessions"])
+
+ERRORS = error_responses(400, 401, 403, 404)
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[\x21-\x7e]+$",
+        description="A retry with the same key returns the events stored the first time.",
+    ),
+]
+IfMatch = Annotated[
+    str | None,
+    Header(alias="If-Match", max_length=40, description='Expected current version, e.g. "3".'),
+]
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=SessionOut,
+    responses=error_responses(400, 401, 403, 404, 409),
+)
+async def create_session(
+    body: SessionIn, runtime: RuntimeDep, principal: CurrentPrincipal
+) -> JSONResponse:
+    require_append(principal)
+    record = await runtime.store.create_session(body.id or uuid.uuid4(), body.patient_id)
+    return JSONResponse(
+        record.to_json(), status_code=201, headers={"Location": f"/api/sessions/{record.id}"}
+    )
+
+
+def _expected_version(if_match: str | None, in_body: int | None) -> int | None:
+    from_header: int | None = None
+    if if_match is not None:
+        raw = if_match.strip().removeprefix("W/").strip('"')
+        if not raw.isascii() or not raw.isdigit() or int(raw) > MAX_VERSION:
+            raise BadRequest('If-Match must be a version such as "3"')
+        from_header = int(raw)
+    if from_header is not None and in_body is not None and from_header != in_body:
+        raise BadRequest("If-Match and expected_version disagree")
+    return from_header if from_header is not None else in_body
+
+
+@router.post(
+    "/{session_id}/events",
+    status_code=201,
+    response_model=list[EventOut],
+    responses=error_responses(400, 401, 403, 404, 409, 413),
+)
+async def append_events(
+    session_id: UUID,
+    body: Annotated[AppendBody, Body()],
+    runtime: RuntimeDep,
+    principal: CurrentPrincipal,
+    idempotency_key: IdempotencyKey = None,
+    if_match: IfMatch = None,
+) -> JSONResponse:
+    """Append one event, a list, or ``{"events": [...], "expected_version": N}`` atomically."""
+    require_append(principal)
+    batch: list[EventIn]
+    in_body: int | None = None
+    if isinstance(body, SingleEventIn):
+        batch, in_body = [body], body.expected_version
+    elif isinstance(body, BatchIn):
+        batch, in_body = body.events, body.expected_version
+    else:
+        batch = body
+    if len(batch) > runtime.settings.max_batch_events:
+        raise Unprocessable(f"at most {runtime.settings.max_batch_events} events per request")
+    result = await runtime.store.append(
+        session_id,
+        [event.to_new() for event in batch],
+        actor=principal.subject,
+        idempotency_key=idempotency_key,
+        expected_version=_expected_version(if_match, in_body),
+    )
+    headers = {"ETag": etag(result.events[-1].version)}
+    if result.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    else:
+        metrics.EVENTS_APPENDED.inc(len(result.events))
+    return events_response(result.events, status_code=201, headers=headers)
+
+
+@router.get("/{session_id}/status", response_model=StatusOut, responses=ERRORS)
+async def session_status(session: ReadableSession, runtime: RuntimeDep) -> JSONResponse:
+    head = await runtime.store.latest(session.id)
+    version = head.version if head is not None else 0
+    return JSONResponse(status_body(session.id, head), headers={"ETag": etag(version)})
+
+
+@router.get("/{session_id}/events", response_model=PageOut, responses=ERRORS)
+async def session_history(
+    session: ReadableSession,
+    runtime: RuntimeDep,
+    after: Annotated[int, Query(ge=0, le=MAX_VERSION, description="Version to start after.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> JSONResponse:
+    rows = await runtime.store.session_page(session.id, after, limit + 1)
+    more = len(rows) > limit
+    page = rows[:limit]
+    return page_response(page, page[-1].version if more else None)

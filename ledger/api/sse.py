@@ -1,0 +1,104 @@
+"""A lean Server-Sent Events response for feeds.
+
+``fastapi.sse.EventSourceResponse`` runs extra tasks per connection, a fixed 15 s ``: ping``
+and no resume logic; a ledger stream needs a configurable ``: heartbeat``, an exact resume
+decided before the response starts, and the least memory per idle connection. So the
+response is a plain ASGI callable: one task writes the feed, one small task watches for the
+client's disconnect and closes the subscription at once. The wire format itself comes from
+``fastapi.sse.format_sse_event`` (see ``ledger.wire``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from starlette.background import BackgroundTask
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from ledger import metrics
+from ledger.feeds import Item, Kind
+from ledger.hub import Subscription
+from ledger.wire import HEARTBEAT, sse_frame, sse_retry
+
+SSE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+def sse_bytes(item: Item, framing: Callable[[Item], bytes]) -> bytes:
+    if item.kind is Kind.HEARTBEAT:
+        return HEARTBEAT
+    if item.kind is Kind.RESET:
+        assert item.reset_json is not None
+        return sse_frame("reset", item.reset_id, item.reset_json)
+    return framing(item)
+
+
+def session_framing(item: Item) -> bytes:
+    assert item.encoded is not None
+    return item.encoded.session_sse()
+
+
+def global_framing(item: Item) -> bytes:
+    assert item.encoded is not None
+    return item.encoded.global_sse()
+
+
+class FeedResponse(Response):
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        items: AsyncIterator[Item],
+        sub: Subscription,
+        *,
+        framing: Callable[[Item], bytes],
+        retry_ms: int,
+        on_close: Callable[[], None],
+    ) -> None:
+        # Like StreamingResponse: no body attribute, so no Content-Length header.
+        self.status_code = 200
+        self.init_headers(SSE_HEADERS)
+        self.items = items
+        self.sub = sub
+        self.framing = framing
+        self.retry_ms = retry_ms
+        self.on_close = on_close
+        self.background: BackgroundTask | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watcher = asyncio.create_task(self._watch_disconnect(receive))
+        metrics.SUBSCRIBERS.labels("sse").inc()
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            # The first message is the retry hint: it also opens the stream in the browser at
+            # once, even when the session has nothing to send yet.
+            await send(
+                {"type": "http.response.body", "body": sse_retry(self.retry_ms), "more_body": True}
+            )
+            async for item in self.items:
+                body = sse_bytes(item, self.framing)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                if item.kind is Kind.EVENT:
+                    metrics.EVENTS_DELIVERED.labels("sse").inc()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass  # The client went away mid-write; its subscription is released below.
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await self.items.aclose()  # type: ignore[attr-defined]
+            self.on_close()
+            metrics.SUBSCRIBERS.labels("sse").dec()
+
+    async def _watch_disconnect(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.sub.close()
+                return

@@ -1,0 +1,173 @@
+"""Live streams: a session over SSE and WebSocket, and all sessions over SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Header, Query, Response, WebSocket
+from fastapi.responses import JSONResponse
+from starlette.websockets import WebSocketDisconnect
+
+from ledger import metrics
+from ledger.api.deps import (
+    Runtime,
+    RuntimeDep,
+    StreamableSession,
+    StreamPrincipal,
+    authenticate_stream,
+    check_read,
+    get_runtime,
+)
+from ledger.api.schemas import error_responses
+from ledger.api.sse import FeedResponse, global_framing, session_framing
+from ledger.auth import require_read_all
+from ledger.errors import LedgerError
+from ledger.feeds import Clock, GlobalFeed, Kind, SessionFeed, parse_last_event_id
+from ledger.wire import ws_message
+
+router = APIRouter(tags=["streams"])
+
+LastEventIdQuery = Annotated[
+    str | None,
+    Query(
+        max_length=40,
+        description="For clients that cannot set the Last-Event-ID header; the header wins.",
+    ),
+]
+LastEventIdHeader = Annotated[str | None, Header(alias="Last-Event-ID", max_length=40)]
+AccessTokenQuery = Annotated[
+    str | None,
+    Query(description="The token, for native EventSource which cannot send headers."),
+]
+
+STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "An SSE stream."},
+    204: {"description": "The client has already seen the terminal event: stop reconnecting."},
+    **error_responses(400, 401, 403, 404),
+}
+
+
+@router.get(
+    "/api/sessions/{session_id}/status/stream",
+    response_class=Response,
+    responses=STREAM_RESPONSES,
+)
+async def session_stream(
+    session: StreamableSession,
+    principal: StreamPrincipal,
+    runtime: RuntimeDep,
+    last_event_id: LastEventIdQuery = None,
+    last_event_id_header: LastEventIdHeader = None,
+    access_token: AccessTokenQuery = None,
+) -> Response:
+    start = parse_last_event_id(last_event_id_header, last_event_id)
+    clock = Clock(runtime.settings.heartbeat_seconds, principal.expires_at)
+    stack = contextlib.ExitStack()
+    try:
+        feed = await SessionFeed.open(runtime.store, runtime.hub, session.id, start, clock, stack)
+    except BaseException:
+        stack.close()
+        raise
+    if feed is None:
+        stack.close()
+        return Response(status_code=204)
+    return FeedResponse(
+        feed.items(),
+        feed.sub,
+        framing=session_framing,
+        retry_ms=runtime.settings.retry_ms,
+        on_close=stack.close,
+    )
+
+
+@router.get("/api/events/stream", response_class=Response, responses=STREAM_RESPONSES)
+async def global_stream(
+    principal: StreamPrincipal,
+    runtime: RuntimeDep,
+    last_event_id: LastEventIdQuery = None,
+    last_event_id_header: LastEventIdHeader = None,
+    access_token: AccessTokenQuery = None,
+) -> Response:
+    """Every session's events; ``id`` is the global position, the resume cursor."""
+    require_read_all(principal)
+    start = parse_last_event_id(last_event_id_header, last_event_id)
+    clock = Clock(runtime.settings.heartbeat_seconds, principal.expires_at)
+    stack = contextlib.ExitStack()
+    try:
+        feed = await GlobalFeed.open(runtime.store, runtime.hub, start, clock, stack)
+    except BaseException:
+        stack.close()
+        raise
+    return FeedResponse(
+        feed.items(),
+        feed.sub,
+        framing=global_framing,
+        retry_ms=runtime.settings.retry_ms,
+        on_close=stack.close,
+    )
+
+
+@router.websocket("/api/sessions/{session_id}/status/ws")
+async def session_ws(websocket: WebSocket, session_id: UUID) -> None:
+    """The SSE semantics over WebSocket: ``{"id", "event", "data"}`` text messages.
+
+    Refusals happen before the upgrade, as real HTTP answers (401/403/404/400), so a client
+    can tell them apart; after the terminal event the socket closes with code 1000.
+    """
+    runtime: Runtime = get_runtime(websocket)
+    stack = contextlib.ExitStack()
+    try:
+        principal = authenticate_stream(websocket, runtime)
+        await check_read(runtime, principal, session_id)
+        start = parse_last_event_id(None, websocket.query_params.get("last_event_id"))
+        clock = Clock(runtime.settings.heartbeat_seconds, principal.expires_at)
+        feed = await SessionFeed.open(runtime.store, runtime.hub, session_id, start, clock, stack)
+    except LedgerError as exc:
+        stack.close()
+        await websocket.send_denial_response(
+            JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        )
+        return
+    with stack:
+        await websocket.accept()
+        if feed is None:
+            await websocket.close(1000, "complete")
+            return
+        metrics.SUBSCRIBERS.labels("ws").inc()
+        watcher = asyncio.create_task(_watch_ws(websocket, feed))
+        close_code, reason = 1012, "server shutting down: resume elsewhere"
+        try:
+            async for item in feed.items():
+                if item.kind is Kind.HEARTBEAT:
+                    await websocket.send_text('{"event":"heartbeat"}')
+                elif item.kind is Kind.RESET:
+                    assert item.reset_json is not None
+                    await websocket.send_text(ws_message("reset", item.reset_id, item.reset_json))
+                else:
+                    assert item.encoded is not None
+                    await websocket.send_text(item.encoded.ws())
+                    metrics.EVENTS_DELIVERED.labels("ws").inc()
+                    if item.encoded.event.is_terminal:
+                        close_code, reason = 1000, "complete"
+            if close_code != 1000 and clock.expired():
+                close_code, reason = 1008, "token expired: reconnect with a fresh one"
+            await websocket.close(close_code, reason)
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            pass  # Gone mid-write; the subscription is released with the stack.
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            metrics.SUBSCRIBERS.labels("ws").dec()
+
+
+async def _watch_ws(websocket: WebSocket, feed: SessionFeed) -> None:
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+    feed.sub.close()

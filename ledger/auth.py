@@ -1,0 +1,155 @@
+"""Tokens, roles and the access policy.
+
+The signing algorithm comes from configuration and is handed to PyJWT as the only one
+allowed, so a token cannot choose ``none`` or turn an RS256 public key into an HS256 secret.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from ledger.errors import Forbidden, Unauthorized
+from ledger.settings import Settings
+
+SECRET_FILE = "jwt-secret"
+MAX_TOKEN_BYTES = 8192
+
+
+class Role(StrEnum):
+    PATIENT = "patient"
+    THERAPIST = "therapist"
+    ADMIN = "admin"
+    AUDITOR = "auditor"
+    SERVICE = "service"
+
+
+READ_ALL = frozenset({Role.ADMIN, Role.AUDITOR})
+APPENDERS = frozenset({Role.ADMIN, Role.SERVICE})
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    subject: str
+    role: Role
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class KeyConfig:
+    algorithm: str
+    verify_key: Any
+    signing_key: Any | None
+
+
+def _dev_secret(data_dir: Path) -> str:
+    """A random secret kept under the data directory, so development tokens survive restarts."""
+    path = data_dir / SECRET_FILE
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    path.touch(mode=0o600)
+    path.write_text(secret)
+    return secret
+
+
+def load_keys(settings: Settings) -> KeyConfig:
+    if settings.jwt_public_key:
+        public = load_pem_public_key(settings.jwt_public_key.encode())
+        default = "ES256" if isinstance(public, ec.EllipticCurvePublicKey) else "RS256"
+        algorithm = settings.jwt_algorithm or default
+        if not algorithm.startswith(("RS", "ES")):
+            raise ValueError("LEDGER_JWT_PUBLIC_KEY needs an RS* or ES* LEDGER_JWT_ALGORITHM")
+        if algorithm.startswith("RS") != isinstance(public, rsa.RSAPublicKey):
+            raise ValueError(f"{algorithm} does not match the type of LEDGER_JWT_PUBLIC_KEY")
+        return KeyConfig(algorithm, public, settings.jwt_private_key)
+    secret = settings.jwt_secret or _dev_secret(settings.data_dir)
+    algorithm = settings.jwt_algorithm or "HS256"
+    if not algorithm.startswith("HS"):
+        raise ValueError(f"{algorithm} needs LEDGER_JWT_PUBLIC_KEY")
+    return KeyConfig(algorithm, secret, secret)
+
+
+class TokenVerifier:
+    def __init__(self, settings: Settings, keys: KeyConfig) -> None:
+        self.keys = keys
+        self.audience = settings.jwt_audience
+        self.issuer = settings.jwt_issuer
+        self.leeway = settings.jwt_leeway_seconds
+
+    def verify(self, token: str) -> Principal:
+        if len(token) > MAX_TOKEN_BYTES:
+            raise Unauthorized("token too large")
+        try:
+            claims = jwt.decode(
+                token,
+                self.keys.verify_key,
+                algorithms=[self.keys.algorithm],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("token expired") from None
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized(f"invalid token: {exc}") from None
+        subject, role = claims.get("sub"), claims.get("role")
+        if not isinstance(subject, str) or not subject:
+            raise Unauthorized("invalid token: 'sub' must be a non-empty string")
+        try:
+            parsed_role = Role(role if isinstance(role, str) else "")
+        except ValueError:
+            raise Unauthorized("invalid token: unknown role") from None
+        return Principal(subject, parsed_role, float(claims["exp"]))
+
+    def mint(self, role: Role, subject: str, ttl_seconds: int) -> str:
+        if self.keys.signing_key is None:
+            raise ValueError("minting RS/ES tokens needs LEDGER_JWT_PRIVATE_KEY")
+        now = int(time.time())
+        claims: dict[str, Any] = {"sub": subject, "role": role.value, "iat": now}
+        claims["exp"] = now + ttl_seconds
+        if self.audience:
+            claims["aud"] = self.audience
+        if self.issuer:
+            claims["iss"] = self.issuer
+        return jwt.encode(claims, self.keys.signing_key, algorithm=self.keys.algorithm)
+
+
+def require_append(principal: Principal) -> None:
+    if principal.role not in APPENDERS:
+        raise Forbidden("this role may not append events")
+
+
+def require_read_all(principal: Principal) -> None:
+    if principal.role not in READ_ALL:
+        raise Forbidden("this role may not read all sessions")
+
+
+def require_admin(principal: Principal) -> None:
+    if principal.role is not Role.ADMIN:
+        raise Forbidden("admin only")
+
+
+def may_read_patient(principal: Principal, patient_id: str, *, assigned: bool) -> bool:
+    """Whether ``principal`` may read a session of ``patient_id``.
+
+    ``assigned`` is whether a care assignment links the therapist to that patient; callers
+    look it up only for therapists.
+    """
+    if principal.role in READ_ALL:
+        return True
+    if principal.role is Role.PATIENT:
+        return principal.subject == patient_id
+    if principal.role is Role.THERAPIST:
+        return assigned
+    return False

@@ -1,0 +1,272 @@
+"""What a stream sends, independent of SSE or WebSocket framing.
+
+A feed is opened *before* the response starts (so a 204 or 400 can still be answered):
+it subscribes first and reads the table second, which is what makes a reconnect that
+races with appends lose nothing. Afterwards it yields items in order: the replay from
+the table, then live events from the hub, catching up from the table whenever the hub
+says its queue may be incomplete or a version is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from enum import Enum
+from uuid import UUID
+
+from ledger import metrics
+from ledger.domain import Event
+from ledger.errors import BadRequest
+from ledger.hub import Hub, Subscription
+from ledger.store import Store
+from ledger.wire import Encoded, dumps
+
+HELD_BACK_RETRY_SECONDS = 0.25
+CATCHUP_PAGE = 1000
+
+
+class Kind(Enum):
+    EVENT = "event"
+    RESET = "reset"
+    HEARTBEAT = "heartbeat"
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    kind: Kind
+    encoded: Encoded | None = None
+    # For a reset: the current state as JSON and its version.
+    reset_json: str | None = None
+    reset_id: int = 0
+
+
+HEARTBEAT_ITEM = Item(Kind.HEARTBEAT)
+
+
+def parse_last_event_id(header: str | None, query: str | None) -> int | None:
+    """The header wins: a browser reconnects to the same URL and adds the header."""
+    raw = header if header is not None else query
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        raise BadRequest("Last-Event-ID must be a non-negative integer")
+    return int(raw)
+
+
+class Clock:
+    """When the next heartbeat is due and when the token runs out."""
+
+    def __init__(self, heartbeat: float, expires_at: float | None) -> None:
+        self.heartbeat = heartbeat
+        self.expires_at = expires_at
+
+    def wait_budget(self, last_sent: float) -> float:
+        budget = last_sent + self.heartbeat - time.monotonic()
+        if self.expires_at is not None:
+            budget = min(budget, self.expires_at - time.time())
+        return max(budget, 0.0)
+
+    def expired(self) -> bool:
+        return self.expires_at is not None and time.time() >= self.expires_at
+
+
+async def _wait(sub: Subscription, budget: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(budget):
+            await sub.wake.wait()
+
+
+class SessionFeed:
+    """One session's stream from ``after`` (exclusive), then live until a terminal event."""
+
+    def __init__(
+        self,
+        store: Store,
+        sub: Subscription,
+        session_id: UUID,
+        clock: Clock,
+        *,
+        after: int,
+        first: list[Item],
+        finished: bool,
+    ) -> None:
+        self.store = store
+        self.sub = sub
+        self.session_id = session_id
+        self.clock = clock
+        self.last = after
+        self.first = first
+        self.finished = finished
+
+    @classmethod
+    async def open(
+        cls,
+        store: Store,
+        hub: Hub,
+        session_id: UUID,
+        last_event_id: int | None,
+        clock: Clock,
+        stack: contextlib.ExitStack,
+    ) -> SessionFeed | None:
+        """Decide where the stream starts; ``None`` means the client has seen the end (204)."""
+        sub = stack.enter_context(hub.subscribe(session_id))
+        head = await store.latest(session_id)
+        head_version = head.version if head is not None else 0
+        if last_event_id is None:
+            if head is None:
+                return cls(store, sub, session_id, clock, after=0, first=[], finished=False)
+            item = Item(Kind.EVENT, Encoded(head))
+            return cls(
+                store,
+                sub,
+                session_id,
+                clock,
+                after=head.version,
+                first=[item],
+                finished=head.is_terminal,
+            )
+        if last_event_id > head_version:
+            # The client saw a history this database does not have (a restore, say).
+            item = Item(Kind.RESET, reset_json=state_json(session_id, head), reset_id=head_version)
+            finished = head is not None and head.is_terminal
+            return cls(
+                store, sub, session_id, clock, after=head_version, first=[item], finished=finished
+            )
+        if head is not None and head.is_terminal and last_event_id == head.version:
+            return None
+        return cls(store, sub, session_id, clock, after=last_event_id, first=[], finished=False)
+
+    async def items(self) -> AsyncIterator[Item]:
+        for item in self.first:
+            yield item
+        if self.finished:
+            return
+        self.sub.catch_up()  # The replay from `after` comes from the table.
+        sent_at = time.monotonic()
+        while not self.sub.closed:
+            if self.sub.needs_catchup:
+                self.sub.needs_catchup = False
+                self.sub.frames.clear()
+                metrics.CATCHUP_READS.inc()
+                async for page in self.store.session_events(
+                    self.session_id, self.last, page_size=CATCHUP_PAGE
+                ):
+                    for event in page:
+                        yield self._emit(Encoded(event))
+                        if event.is_terminal:
+                            return
+                sent_at = time.monotonic()
+                continue
+            while self.sub.frames and not self.sub.needs_catchup:
+                encoded = self.sub.frames.popleft()
+                version = encoded.event.version
+                if version <= self.last:
+                    continue
+                if version > self.last + 1:
+                    self.sub.catch_up()  # A version was skipped: the table has it.
+                    break
+                yield self._emit(encoded)
+                sent_at = time.monotonic()
+                if encoded.event.is_terminal:
+                    return
+            if self.sub.needs_catchup or self.sub.closed:
+                continue
+            if self.clock.expired():
+                return
+            self.sub.wake.clear()
+            if self.sub.frames or self.sub.needs_catchup:
+                continue
+            await _wait(self.sub, self.clock.wait_budget(sent_at))
+            if not self.sub.wake.is_set() and not self.clock.expired():
+                yield HEARTBEAT_ITEM
+                sent_at = time.monotonic()
+
+    def _emit(self, encoded: Encoded) -> Item:
+        self.last = encoded.event.version
+        return Item(Kind.EVENT, encoded)
+
+
+class GlobalFeed:
+    """Every session's events in commit-safe order, resumable by global position."""
+
+    def __init__(self, store: Store, sub: Subscription, clock: Clock, *, after: int) -> None:
+        self.store = store
+        self.sub = sub
+        self.clock = clock
+        self.last = after
+
+    @classmethod
+    async def open(
+        cls,
+        store: Store,
+        hub: Hub,
+        last_event_id: int | None,
+        clock: Clock,
+        stack: contextlib.ExitStack,
+    ) -> GlobalFeed:
+        sub = stack.enter_context(hub.subscribe(None))
+        if last_event_id is None:
+            after = await store.global_tail()
+        elif await store.position_exists(last_event_id):
+            after = last_event_id
+        else:
+            raise BadRequest("Last-Event-ID is not the position of an event in this ledger")
+        return cls(store, sub, clock, after=after)
+
+    async def items(self) -> AsyncIterator[Item]:
+        sent_at = time.monotonic()
+        self.sub.catch_up()
+        while not self.sub.closed:
+            if self.sub.needs_catchup:
+                self.sub.needs_catchup = False
+                metrics.CATCHUP_READS.inc()
+                while True:
+                    page = await self.store.global_page(self.last, CATCHUP_PAGE)
+                    for event in page:
+                        self.last = event.position
+                        yield Item(Kind.EVENT, Encoded(event))
+                    if page:
+                        sent_at = time.monotonic()
+                    if len(page) < CATCHUP_PAGE:
+                        break
+                if await self.store.global_held_back():
+                    # A committed event waits behind an older open transaction: look again soon.
+                    await asyncio.sleep(HELD_BACK_RETRY_SECONDS)
+                    self.sub.catch_up()
+                continue
+            if self.clock.expired():
+                return
+            self.sub.wake.clear()
+            if self.sub.needs_catchup:
+                continue
+            await _wait(self.sub, self.clock.wait_budget(sent_at))
+            if not self.sub.wake.is_set() and not self.clock.expired():
+                yield HEARTBEAT_ITEM
+                sent_at = time.monotonic()
+
+
+def state_json(session_id: UUID, head: Event | None) -> str:
+    return dumps(status_body(session_id, head))
+
+
+def status_body(session_id: UUID, head: Event | None) -> dict[str, object]:
+    """The ``status`` answer: the latest event, or version 0 and nulls before the first."""
+    if head is not None:
+        return head.to_json()
+    return {
+        "session_id": str(session_id),
+        "version": 0,
+        "position": None,
+        "type": None,
+        "status": None,
+        "progress": 0,
+        "message": None,
+        "error": None,
+        "data": {},
+        "actor": None,
+        "recorded_at": None,
+    }

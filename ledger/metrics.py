@@ -1,0 +1,29 @@
+"""Prometheus series of this process (scraped at ``/metrics``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SUBSCRIBERS = Gauge(
+    "ledger_subscribers", "Connected stream subscribers", ["transport"], multiprocess_mode="livesum"
+)
+EVENTS_APPENDED = Counter("ledger_events_appended_total", "Events appended by this process")
+EVENTS_DELIVERED = Counter(
+    "ledger_events_delivered_total", "Events written to stream subscribers", ["transport"]
+)
+DELIVERY_LAG = Histogram(
+    "ledger_delivery_lag_seconds",
+    "From the append's recorded_at to the write to a live subscriber",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+CATCHUP_READS = Counter(
+    "ledger_catchup_reads_total", "Reads from the events table to catch a subscriber up"
+)
+LISTENER_RECONNECTS = Counter(
+    "ledger_listener_reconnects_total", "Times the LISTEN connection was (re)established"
+)
+LISTENER_UP = Gauge("ledger_listener_up", "1 while the LISTEN connection is established")
+QUEUE_OVERFLOWS = Counter(
+    "ledger_queue_overflows_total", "Subscriber queues that overflowed and fell back to the table"
+)
+NOTIFICATIONS = Counter("ledger_notifications_total", "Notifications received by the listener")
