@@ -40,6 +40,7 @@ APPENDERS = frozenset({Role.ADMIN, Role.SERVICE})
 class Principal:
     subject: str
     role: Role
+    # Unix time after which the token is refused (its exp plus the allowed clock skew).
     expires_at: float
 
 
@@ -110,7 +111,8 @@ class TokenVerifier:
             parsed_role = Role(role if isinstance(role, str) else "")
         except ValueError:
             raise Unauthorized("invalid token: unknown role") from None
-        return Principal(subject, parsed_role, float(claims["exp"]))
+        # Valid until the same moment the verifier would start refusing it.
+        return Principal(subject, parsed_role, float(claims["exp"]) + self.leeway)
 
     def mint(self, role: Role, subject: str, ttl_seconds: int) -> str:
         if self.keys.signing_key is None:

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,7 @@ class LiveServer:
             "LEDGER_DATA_DIR": str(self.data_dir),
             "LEDGER_HEARTBEAT_SECONDS": "1",
             "LEDGER_LISTENER_PROBE_SECONDS": "1",
+            "LEDGER_JWT_LEEWAY_SECONDS": "1",
             **self.env,
         }
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -241,3 +243,61 @@ def load_events(db: psycopg.Connection[Any], session_id: str) -> list[Any]:
         )
         for r in rows
     ]
+
+
+@contextmanager
+def stream(
+    server: LiveServer,
+    path: str,
+    *,
+    role: str = "admin",
+    sub: str = "reader",
+    headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+    read_timeout: float = 15.0,
+) -> Iterator[httpx.Response]:
+    """Open an SSE response as a reader with the given role."""
+    timeout = httpx.Timeout(10.0, read=read_timeout)
+    with (
+        httpx.Client(base_url=server.base_url, timeout=timeout) as client,
+        client.stream(
+            "GET", path, headers={**auth(role, sub), **(headers or {})}, params=params
+        ) as response,
+    ):
+        yield response
+
+
+def event_messages(messages: Iterator[SseMessage]) -> Iterator[SseMessage]:
+    """Only messages that carry data (events and resets), not retry hints or heartbeats."""
+    for message in messages:
+        if message.data is not None:
+            yield message
+
+
+def take(messages: Iterator[SseMessage], count: int) -> list[SseMessage]:
+    taken: list[SseMessage] = []
+    for message in messages:
+        taken.append(message)
+        if len(taken) == count:
+            break
+    return taken
+
+
+def metric(server: LiveServer, name: str, labels: str = "") -> float:
+    """A sample's value from the server's /metrics."""
+    text = httpx.get(f"{server.base_url}/metrics", timeout=5).text
+    wanted = f"{name}{{{labels}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def wait_until(predicate: Any, timeout: float = 15.0, interval: float = 0.05) -> bool:
+    """Poll a condition (never asserts time: only gives up eventually)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
