@@ -37,3 +37,9 @@ class PayloadTooLarge(LedgerError):
 
 class Unprocessable(LedgerError):
     status_code = 422
+
+
+class Unavailable(LedgerError):
+    """The database cannot be reached right now; the request changed nothing and may be retried."""
+
+    status_code = 503

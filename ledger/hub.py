@@ -26,6 +26,8 @@ from ledger.wire import Encoded
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 5.0
+# Shown in pg_stat_activity, so an operator (or a fault test) can find the listener.
+LISTENER_NAME = "ledger-listener"
 
 
 class Subscription:
@@ -160,7 +162,7 @@ class Hub:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self.listen_url, autocommit=True
+                    self.listen_url, autocommit=True, application_name=LISTENER_NAME
                 ) as conn:
                     self._connection = conn
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,10 +166,17 @@ class SseMessage:
 
 
 def iter_sse(response: httpx.Response) -> Iterator[SseMessage]:
-    """A small SSE parser that, unlike most clients, also reports comments (heartbeats)."""
+    return parse_sse(response.iter_lines())
+
+
+def parse_sse(lines: Iterable[str]) -> Iterator[SseMessage]:
+    """A small SSE parser that, unlike most clients, also reports comments (heartbeats).
+
+    As in EventSource, a message cut off before its blank line is never dispatched.
+    """
     message = SseMessage()
     data: list[str] = []
-    for line in response.iter_lines():
+    for line in lines:
         if line == "":
             if (
                 data
@@ -301,3 +310,92 @@ def wait_until(predicate: Any, timeout: float = 15.0, interval: float = 0.05) ->
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+class Follower(threading.Thread):
+    """Follows a session the way EventSource does, across failures and several servers.
+
+    On any error or a stream that ends without the terminal event it reconnects (to the
+    next base URL in turn) with ``Last-Event-ID``; it stops at the terminal event or a 204.
+    """
+
+    def __init__(self, base_urls: list[str], session_id: str, *, deadline: float = 90.0) -> None:
+        super().__init__(daemon=True)
+        self.base_urls = base_urls
+        self.session_id = session_id
+        self.deadline = time.monotonic() + deadline
+        self.events: list[dict[str, Any]] = []
+        self.connections = 0
+        self.last_id = "0"
+        self.error: BaseException | None = None
+        self.streaming = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self._follow()
+        except BaseException as exc:
+            self.error = exc
+
+    def _follow(self) -> None:
+        path = f"/api/sessions/{self.session_id}/status/stream"
+        attempt = 0
+        while time.monotonic() < self.deadline:
+            base = self.base_urls[attempt % len(self.base_urls)]
+            attempt += 1
+            self.connections += 1
+            try:
+                with (
+                    httpx.Client(base_url=base, timeout=httpx.Timeout(5, read=10)) as client,
+                    client.stream(
+                        "GET",
+                        path,
+                        headers={**auth("admin", "follower"), "Last-Event-ID": self.last_id},
+                    ) as response,
+                ):
+                    if response.status_code == 204:
+                        return
+                    if response.status_code != 200:
+                        time.sleep(0.2)
+                        continue
+                    self.streaming.set()
+                    for message in iter_sse(response):
+                        if message.data is None:
+                            continue
+                        event = json.loads(message.data)
+                        self.events.append(event)
+                        self.last_id = message.id or self.last_id
+                        if message.event in ("complete", "error"):
+                            return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"gave up following after {self.connections} connections")
+
+    def result(self, timeout: float = 120.0) -> list[dict[str, Any]]:
+        self.join(timeout)
+        if self.error is not None:
+            raise self.error
+        assert not self.is_alive(), "the follower is still running"
+        return self.events
+
+
+def append_retrying(base_url: str, session_id: str, body: Any, key: str, tries: int = 100) -> Any:
+    """Append with an idempotency key, retrying through outages until it is acknowledged."""
+    for _ in range(tries):
+        try:
+            with httpx.Client(base_url=base_url, timeout=5) as client:
+                response = append(client, session_id, body, {"Idempotency-Key": key})
+            if response.status_code == 201:
+                return response.json()
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"append {key} never acknowledged")
+
+
+def table_versions(database_url: str, session_id: str) -> list[int]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT version FROM events WHERE session_id = %s ORDER BY version", (session_id,)
+        ).fetchall()
+    return [int(r[0]) for r in rows]

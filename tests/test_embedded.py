@@ -58,7 +58,7 @@ def test_embedded_default_serves_and_keeps_data(tmp_path: Path) -> None:
             )
             assert appended.status_code == 201
     finally:
-        assert first.terminate() == 0
+        assert first.terminate() == 0  # a clean exit: the embedded PostgreSQL stops too
     # The generated secret and the data survive a restart.
     second = EmbeddedServer("", data_dir, port=free_port()).start()
     try:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from ledger.errors import LedgerError, Unauthorized
+from ledger.errors import LedgerError, Unauthorized, Unavailable
+
+log = logging.getLogger(__name__)
 
 
 async def ledger_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -33,6 +38,23 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     return JSONResponse({"detail": detail}, status_code=422)
 
 
+async def database_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A lost or refused database connection is a 503 the client may retry, not a 500.
+
+    Anything else the driver raises is a bug and stays a 500.
+    """
+    assert isinstance(exc, DBAPIError)
+    if isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated:
+        log.warning("database unavailable: %s", exc.orig)
+        return JSONResponse(
+            {"detail": "database unavailable, retry shortly"},
+            status_code=Unavailable.status_code,
+            headers={"Retry-After": "1"},
+        )
+    raise exc
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(DBAPIError, database_error_handler)
     app.add_exception_handler(LedgerError, ledger_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)

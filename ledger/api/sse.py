@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 
 from starlette.background import BackgroundTask
@@ -22,6 +23,8 @@ from ledger import metrics
 from ledger.feeds import Item, Kind
 from ledger.hub import Subscription
 from ledger.wire import HEARTBEAT, sse_frame, sse_retry
+
+log = logging.getLogger(__name__)
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache",
@@ -77,14 +80,18 @@ class FeedResponse(Response):
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             # The first message is the retry hint: it also opens the stream in the browser at
             # once, even when the session has nothing to send yet.
-            await send(
-                {"type": "http.response.body", "body": sse_retry(self.retry_ms), "more_body": True}
-            )
-            async for item in self.items:
-                body = sse_bytes(item, self.framing)
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-                if item.kind is Kind.EVENT:
-                    metrics.EVENTS_DELIVERED.labels("sse").inc()
+            await self._write(send, sse_retry(self.retry_ms))
+            try:
+                async for item in self.items:
+                    await self._write(send, sse_bytes(item, self.framing))
+                    if item.kind is Kind.EVENT:
+                        metrics.EVENTS_DELIVERED.labels("sse").inc()
+            except OSError:
+                raise
+            except Exception as exc:
+                # The database went away mid-stream: end the response cleanly; the client
+                # resumes with Last-Event-ID once it is back.
+                log.warning("stream ended by an error: %s", exc)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             pass  # The client went away mid-write; its subscription is released below.
@@ -95,6 +102,10 @@ class FeedResponse(Response):
             await self.items.aclose()  # type: ignore[attr-defined]
             self.on_close()
             metrics.SUBSCRIBERS.labels("sse").dec()
+
+    @staticmethod
+    async def _write(send: Send, body: bytes) -> None:
+        await send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def _watch_disconnect(self, receive: Receive) -> None:
         while True:

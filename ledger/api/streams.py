@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Response, WebSocket
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.websockets import WebSocketDisconnect
 
 from ledger import metrics
@@ -28,6 +30,7 @@ from ledger.errors import LedgerError
 from ledger.feeds import Clock, GlobalFeed, Kind, SessionFeed, parse_last_event_id
 from ledger.wire import ws_message
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["streams"])
 
 LastEventIdQuery = Annotated[
@@ -131,6 +134,12 @@ async def session_ws(websocket: WebSocket, session_id: UUID) -> None:
             JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
         )
         return
+    except DBAPIError:
+        stack.close()
+        await websocket.send_denial_response(
+            JSONResponse({"detail": "database unavailable, retry shortly"}, status_code=503)
+        )
+        return
     with stack:
         await websocket.accept()
         if feed is None:
@@ -157,6 +166,10 @@ async def session_ws(websocket: WebSocket, session_id: UUID) -> None:
             await websocket.close(close_code, reason)
         except (WebSocketDisconnect, OSError, RuntimeError):
             pass  # Gone mid-write; the subscription is released with the stack.
+        except DBAPIError as exc:
+            log.warning("websocket stream ended by a database error: %s", exc)
+            with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
+                await websocket.close(1011, "database unavailable: resume shortly")
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
