@@ -129,6 +129,6 @@ def test_slow_consumer_is_bounded_and_still_gets_everything(
             break
         chunks.append(chunk)
     sock.close()
-    body = b"".join(chunks).split(b"\r\n\r\n", 1)[1].decode()
-    ids = [int(line[4:]) for line in body.splitlines() if line.startswith("id: ")]
+    received = b"".join(chunks).split(b"\r\n\r\n", 1)[1].decode()
+    ids = [int(line[4:]) for line in received.splitlines() if line.startswith("id: ")]
     assert ids == list(range(1, total + 1))
