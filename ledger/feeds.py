@@ -41,6 +41,9 @@ class Item:
     # For a reset: the current state as JSON and its version.
     reset_json: str | None = None
     reset_id: int = 0
+    # Handed over by the hub as it happened (not replayed from the table): its delivery
+    # lag is a meaningful measurement.
+    live: bool = False
 
 
 HEARTBEAT_ITEM = Item(Kind.HEARTBEAT)
@@ -169,7 +172,7 @@ class SessionFeed:
                 if version > self.last + 1:
                     self.sub.catch_up()  # A version was skipped: the table has it.
                     break
-                yield self._emit(encoded)
+                yield self._emit(encoded, live=True)
                 sent_at = time.monotonic()
                 if encoded.event.is_terminal:
                     return
@@ -185,9 +188,9 @@ class SessionFeed:
                 yield HEARTBEAT_ITEM
                 sent_at = time.monotonic()
 
-    def _emit(self, encoded: Encoded) -> Item:
+    def _emit(self, encoded: Encoded, *, live: bool = False) -> Item:
         self.last = encoded.event.version
-        return Item(Kind.EVENT, encoded)
+        return Item(Kind.EVENT, encoded, live=live)
 
 
 class GlobalFeed:

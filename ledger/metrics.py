@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from ledger.feeds import Item
 
 SUBSCRIBERS = Gauge(
     "ledger_subscribers", "Connected stream subscribers", ["transport"], multiprocess_mode="livesum"
@@ -27,3 +33,11 @@ QUEUE_OVERFLOWS = Counter(
     "ledger_queue_overflows_total", "Subscriber queues that overflowed and fell back to the table"
 )
 NOTIFICATIONS = Counter("ledger_notifications_total", "Notifications received by the listener")
+
+
+def delivered(item: Item, transport: str) -> None:
+    """Count a written event; for live ones, observe commit-to-write lag."""
+    EVENTS_DELIVERED.labels(transport).inc()
+    if item.live and item.encoded is not None:
+        lag = time.time() - item.encoded.event.recorded_at.timestamp()
+        DELIVERY_LAG.observe(max(lag, 0.0))

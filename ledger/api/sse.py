@@ -85,7 +85,7 @@ class FeedResponse(Response):
                 async for item in self.items:
                     await self._write(send, sse_bytes(item, self.framing))
                     if item.kind is Kind.EVENT:
-                        metrics.EVENTS_DELIVERED.labels("sse").inc()
+                        metrics.delivered(item, "sse")
             except OSError:
                 raise
             except Exception as exc:

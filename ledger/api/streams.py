@@ -158,7 +158,7 @@ async def session_ws(websocket: WebSocket, session_id: UUID) -> None:
                 else:
                     assert item.encoded is not None
                     await websocket.send_text(item.encoded.ws())
-                    metrics.EVENTS_DELIVERED.labels("ws").inc()
+                    metrics.delivered(item, "ws")
                     if item.encoded.event.is_terminal:
                         close_code, reason = 1000, "complete"
             if close_code != 1000 and clock.expired():
