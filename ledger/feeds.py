@@ -73,6 +73,9 @@ class Clock:
             budget = min(budget, self.expires_at - time.time())
         return max(budget, 0.0)
 
+    def heartbeat_due(self, last_sent: float) -> bool:
+        return time.monotonic() - last_sent >= self.heartbeat - 0.001
+
     def expired(self) -> bool:
         return self.expires_at is not None and time.time() >= self.expires_at
 
@@ -114,9 +117,15 @@ class SessionFeed:
         last_event_id: int | None,
         clock: Clock,
         stack: contextlib.ExitStack,
+        *,
+        access: tuple[str, str] | None = None,
     ) -> SessionFeed | None:
-        """Decide where the stream starts; ``None`` means the client has seen the end (204)."""
-        sub = stack.enter_context(hub.subscribe(session_id))
+        """Decide where the stream starts; ``None`` means the client has seen the end (204).
+
+        ``access`` is the (therapist, patient) assignment the reader relies on, if any: the
+        stream ends when it is removed.
+        """
+        sub = stack.enter_context(hub.subscribe(session_id, access=access))
         head = await store.latest(session_id)
         head_version = head.version if head is not None else 0
         if last_event_id is None:
@@ -150,19 +159,23 @@ class SessionFeed:
             return
         self.sub.catch_up()  # The replay from `after` comes from the table.
         sent_at = time.monotonic()
-        while not self.sub.closed:
+        while self._open():
             if self.sub.needs_catchup:
                 self.sub.needs_catchup = False
                 self.sub.frames.clear()
                 metrics.CATCHUP_READS.inc()
-                async for page in self.store.session_events(
+                pages = self.store.session_events(
                     self.session_id, self.last, page_size=CATCHUP_PAGE
-                ):
-                    for event in page:
-                        yield self._emit(Encoded(event))
-                        if event.is_terminal:
+                )
+                async with contextlib.aclosing(pages):
+                    async for page in pages:
+                        for event in page:
+                            yield self._emit(Encoded(event))
+                            sent_at = time.monotonic()
+                            if event.is_terminal:
+                                return
+                        if not self._open():
                             return
-                sent_at = time.monotonic()
                 continue
             while self.sub.frames and not self.sub.needs_catchup:
                 encoded = self.sub.frames.popleft()
@@ -176,17 +189,18 @@ class SessionFeed:
                 sent_at = time.monotonic()
                 if encoded.event.is_terminal:
                     return
-            if self.sub.needs_catchup or self.sub.closed:
+            if self.sub.needs_catchup or not self._open():
                 continue
-            if self.clock.expired():
-                return
             self.sub.wake.clear()
             if self.sub.frames or self.sub.needs_catchup:
                 continue
             await _wait(self.sub, self.clock.wait_budget(sent_at))
-            if not self.sub.wake.is_set() and not self.clock.expired():
+            if not self.sub.wake.is_set() and self.clock.heartbeat_due(sent_at) and self._open():
                 yield HEARTBEAT_ITEM
                 sent_at = time.monotonic()
+
+    def _open(self) -> bool:
+        return not self.sub.closed and not self.clock.expired()
 
     def _emit(self, encoded: Encoded, *, live: bool = False) -> Item:
         self.last = encoded.event.version
@@ -214,42 +228,51 @@ class GlobalFeed:
         sub = stack.enter_context(hub.subscribe(None))
         if last_event_id is None:
             after = await store.global_tail()
-        elif await store.position_exists(last_event_id):
+        elif await store.global_cursor_valid(last_event_id):
             after = last_event_id
         else:
-            raise BadRequest("Last-Event-ID is not the position of an event in this ledger")
+            raise BadRequest(
+                "Last-Event-ID is not the position of an event handed out by the global stream"
+            )
         return cls(store, sub, clock, after=after)
 
     async def items(self) -> AsyncIterator[Item]:
         sent_at = time.monotonic()
+        held_back = False
         self.sub.catch_up()
-        while not self.sub.closed:
+        while self._open():
             if self.sub.needs_catchup:
                 self.sub.needs_catchup = False
                 metrics.CATCHUP_READS.inc()
                 while True:
                     page = await self.store.global_page(self.last, CATCHUP_PAGE)
-                    for event in page:
+                    for event in page.events:
                         self.last = event.position
                         yield Item(Kind.EVENT, Encoded(event))
-                    if page:
                         sent_at = time.monotonic()
-                    if len(page) < CATCHUP_PAGE:
+                    held_back = page.held_back
+                    if len(page.events) < CATCHUP_PAGE or not self._open():
                         break
-                if await self.store.global_held_back():
-                    # A committed event waits behind an older open transaction: look again soon.
-                    await asyncio.sleep(HELD_BACK_RETRY_SECONDS)
-                    self.sub.catch_up()
                 continue
-            if self.clock.expired():
-                return
             self.sub.wake.clear()
             if self.sub.needs_catchup:
                 continue
-            await _wait(self.sub, self.clock.wait_budget(sent_at))
-            if not self.sub.wake.is_set() and not self.clock.expired():
+            budget = self.clock.wait_budget(sent_at)
+            if held_back:
+                # A committed event waits behind an older open transaction, which may end
+                # without any notification: look again soon.
+                budget = min(budget, HELD_BACK_RETRY_SECONDS)
+            await _wait(self.sub, budget)
+            if self.sub.wake.is_set():
+                continue
+            if self.clock.heartbeat_due(sent_at) and self._open():
                 yield HEARTBEAT_ITEM
                 sent_at = time.monotonic()
+            if held_back:
+                self.sub.catch_up()
+
+    def _open(self) -> bool:
+        return not self.sub.closed and not self.clock.expired()
 
 
 def state_json(session_id: UUID, head: Event | None) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import deque
 from collections.abc import Iterator
@@ -20,7 +21,8 @@ from uuid import UUID
 import psycopg
 
 from ledger import metrics
-from ledger.store import NOTIFY_CHANNEL, Store
+from ledger.errors import Unavailable
+from ledger.store import ACCESS_CHANNEL, NOTIFY_CHANNEL, Store
 from ledger.wire import Encoded
 
 log = logging.getLogger(__name__)
@@ -37,15 +39,29 @@ class Subscription:
     read from the table after its last delivered version before trusting the queue again.
     """
 
-    __slots__ = ("closed", "frames", "limit", "needs_catchup", "session_id", "wake")
+    __slots__ = (
+        "access",
+        "closed",
+        "frames",
+        "limit",
+        "needs_catchup",
+        "revoked",
+        "session_id",
+        "wake",
+    )
 
-    def __init__(self, session_id: UUID | None, limit: int) -> None:
+    def __init__(
+        self, session_id: UUID | None, limit: int, access: tuple[str, str] | None = None
+    ) -> None:
         self.session_id = session_id
         self.limit = limit
+        # (therapist, patient) when the reader's access rests on a care assignment.
+        self.access = access
         self.frames: deque[Encoded] = deque()
         self.wake = asyncio.Event()
         self.needs_catchup = False
         self.closed = False
+        self.revoked = False
 
     def offer(self, encoded: Encoded) -> None:
         if self.closed or self.needs_catchup:
@@ -68,6 +84,10 @@ class Subscription:
         self.frames.clear()
         self.wake.set()
 
+    def revoke(self) -> None:
+        self.revoked = True
+        self.close()
+
 
 class Hub:
     def __init__(
@@ -84,6 +104,8 @@ class Hub:
         self._listener: asyncio.Task[None] | None = None
         self._connection: psycopg.AsyncConnection[object] | None = None
         self._listening = asyncio.Event()
+        self._closing = False
+        self._revalidating: asyncio.Task[None] | None = None
 
     # -- registry ---------------------------------------------------------------------
 
@@ -96,9 +118,13 @@ class Hub:
         return len(self._global) + sum(len(s) for s in self._sessions.values())
 
     @contextlib.contextmanager
-    def subscribe(self, session_id: UUID | None) -> Iterator[Subscription]:
+    def subscribe(
+        self, session_id: UUID | None, *, access: tuple[str, str] | None = None
+    ) -> Iterator[Subscription]:
         """Register before reading the table, so nothing committed after the read is missed."""
-        sub = Subscription(session_id, self.queue_size)
+        if self._closing:
+            raise Unavailable("the server is shutting down: reconnect to resume")
+        sub = Subscription(session_id, self.queue_size, access)
         if session_id is None:
             self._global.add(sub)
         else:
@@ -118,6 +144,7 @@ class Hub:
 
     def close_all(self) -> None:
         """On shutdown: every stream ends cleanly and its client resumes elsewhere."""
+        self._closing = True
         for sub in list(self._global):
             sub.close()
         for subs in list(self._sessions.values()):
@@ -130,6 +157,29 @@ class Hub:
         for subs in self._sessions.values():
             for sub in subs:
                 sub.catch_up()
+
+    def _session_subscribers(self) -> Iterator[Subscription]:
+        for subs in list(self._sessions.values()):
+            yield from list(subs)
+
+    def revoke(self, therapist_id: str, patient_id: str) -> None:
+        """A care assignment was removed: its therapist's open streams end now."""
+        for sub in self._session_subscribers():
+            if sub.access == (therapist_id, patient_id):
+                sub.revoke()
+
+    async def _revalidate_access(self) -> None:
+        """After a listener gap, a removal may have gone unheard: ask the table."""
+        pairs = {sub.access for sub in self._session_subscribers() if sub.access is not None}
+        if not pairs:
+            return
+        try:
+            still = await self.store.assigned_pairs(sorted(pairs))
+        except Exception as exc:
+            log.warning("could not re-check care assignments: %s", exc)
+            return
+        for therapist_id, patient_id in pairs - still:
+            self.revoke(therapist_id, patient_id)
 
     # -- the listener -----------------------------------------------------------------
 
@@ -144,7 +194,7 @@ class Hub:
 
     async def stop(self) -> None:
         self.close_all()
-        for task in (self._listener, self._dispatching):
+        for task in (self._listener, self._dispatching, self._revalidating):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -162,15 +212,24 @@ class Hub:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self.listen_url, autocommit=True, application_name=LISTENER_NAME
+                    self.listen_url,
+                    autocommit=True,
+                    application_name=LISTENER_NAME,
+                    # A peer that vanished without closing TCP is noticed in seconds.
+                    keepalives=1,
+                    keepalives_idle=10,
+                    keepalives_interval=5,
+                    keepalives_count=3,
                 ) as conn:
                     self._connection = conn
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    await conn.execute(f"LISTEN {ACCESS_CHANNEL}")
                     self._listening.set()
                     metrics.LISTENER_UP.set(1)
                     metrics.LISTENER_RECONNECTS.inc()
                     # Whatever was committed while nobody listened is only in the table.
                     self._everyone_catches_up()
+                    self._revalidating = asyncio.create_task(self._revalidate_access())
                     backoff = 0.1
                     await self._receive(conn)
             except asyncio.CancelledError:
@@ -189,12 +248,24 @@ class Hub:
             received = 0
             async for notify in conn.notifies(timeout=self.probe_seconds):
                 received += 1
-                self._note(notify.payload)
+                if notify.channel == ACCESS_CHANNEL:
+                    self._note_revocation(notify.payload)
+                else:
+                    self._note(notify.payload)
             if received == 0:
                 # Silence: make sure the connection is still alive rather than assume it.
-                await conn.execute("SELECT 1")
+                async with asyncio.timeout(self.probe_seconds):
+                    await conn.execute("SELECT 1")
             if conn.closed:
                 raise psycopg.OperationalError("the LISTEN connection was closed")
+
+    def _note_revocation(self, payload: str) -> None:
+        try:
+            therapist_id, patient_id = json.loads(payload)
+        except (ValueError, TypeError):
+            log.warning("ignoring malformed access notification %r", payload)
+            return
+        self.revoke(str(therapist_id), str(patient_id))
 
     def _note(self, payload: str) -> None:
         metrics.NOTIFICATIONS.inc()
@@ -222,13 +293,13 @@ class Hub:
             ranges = [(sid, lo, hi) for sid, (lo, hi) in wanted.items() if sid in self._sessions]
             try:
                 found = await self.store.ranges(ranges)
-            except Exception as exc:
-                log.warning("fan-out read failed, subscribers read the table: %s", exc)
+                for event in found:
+                    encoded = Encoded(event)
+                    for sub in self._sessions.get(event.session_id, ()):
+                        sub.offer(encoded)
+            except Exception:
+                # Whatever this batch held is still in the table: its readers go there.
+                log.exception("fan-out failed; the subscribers concerned read the table")
                 for sid, _, _ in ranges:
                     for sub in self._sessions.get(sid, ()):
                         sub.catch_up()
-                continue
-            for event in found:
-                encoded = Encoded(event)
-                for sub in self._sessions.get(event.session_id, ()):
-                    sub.offer(encoded)

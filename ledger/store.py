@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -46,6 +46,8 @@ from ledger.domain import (
 from ledger.errors import Conflict, NotFound, Unprocessable
 
 NOTIFY_CHANNEL = "ledger_events"
+# Removed care assignments, so every process can end the streams they allowed.
+ACCESS_CHANNEL = "ledger_access"
 
 
 class Xid8(UserDefinedType[str]):
@@ -122,6 +124,12 @@ class SessionRecord:
             "patient_id": self.patient_id,
             "created_at": self.created_at.isoformat(),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalPage:
+    events: list[Event]
+    held_back: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,7 +337,7 @@ class Store:
 
     async def session_events(
         self, session_id: UUID, after: int, *, page_size: int = 1000
-    ) -> AsyncIterator[list[Event]]:
+    ) -> AsyncGenerator[list[Event]]:
         """Every event after ``after`` in pages, each page its own short query."""
         while True:
             page = await self.session_page(session_id, after, page_size)
@@ -370,14 +378,23 @@ class Store:
         async with self.engine.connect() as conn:
             return [event_from_row(row) for row in await conn.execute(stmt, params)]
 
-    async def position_exists(self, position: int) -> bool:
+    async def global_cursor_valid(self, position: int) -> bool:
+        """Whether ``position`` is a cursor the global readers could have handed out.
+
+        That is an event whose transaction is below the current xmin: resuming from a
+        younger one (say, a position taken from an append's answer) could pass by older
+        transactions that commit later.
+        """
         if position == 0:
             return True
-        stmt = select(events.c.position).where(events.c.position == position)
+        stmt = select(events.c.position).where(
+            events.c.position == position,
+            events.c.tx_id < func.pg_snapshot_xmin(func.pg_current_snapshot()),
+        )
         async with self.engine.connect() as conn:
             return (await conn.execute(stmt)).first() is not None
 
-    async def global_page(self, after: int, limit: int) -> list[Event]:
+    async def global_page(self, after: int, limit: int) -> GlobalPage:
         """All sessions' events after the event at global position ``after``.
 
         Positions are taken at INSERT but transactions commit in another order, so reading
@@ -386,6 +403,9 @@ class Store:
         snapshot's xmin are read: every such transaction has ended, so no row can later appear
         before the cursor. The price is that a long-running transaction anywhere in the
         cluster holds readers back until it ends; nothing is ever skipped.
+
+        Both statements run in one REPEATABLE READ snapshot, so ``held_back`` (committed
+        events exist that may not be handed out yet) is true of exactly this page.
         """
         cursor = (
             select(events.c.tx_id, events.c.position)
@@ -397,19 +417,25 @@ class Store:
             )
             .subquery()
         )
+        xmin = func.pg_snapshot_xmin(func.pg_current_snapshot())
         stmt = (
             select(*EVENT_COLUMNS)
             .select_from(events.join(cursor, true()))
             .where(
                 tuple_(events.c.tx_id, events.c.position)
                 > tuple_(cursor.c.tx_id, cursor.c.position),
-                events.c.tx_id < func.pg_snapshot_xmin(func.pg_current_snapshot()),
+                events.c.tx_id < xmin,
             )
             .order_by(events.c.tx_id, events.c.position)
             .limit(limit)
         )
+        held = select(select(events.c.position).where(events.c.tx_id >= xmin).exists())
         async with self.engine.connect() as conn:
-            return [event_from_row(row) for row in await conn.execute(stmt)]
+            await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                page = [event_from_row(row) for row in await conn.execute(stmt)]
+                held_back = bool((await conn.execute(held)).scalar())
+        return GlobalPage(page, held_back)
 
     async def global_tail(self) -> int:
         """The cursor just behind everything a global reader may hand out now (0 if empty)."""
@@ -422,16 +448,6 @@ class Store:
         async with self.engine.connect() as conn:
             position = (await conn.execute(stmt)).scalar()
         return 0 if position is None else int(position)
-
-    async def global_held_back(self) -> bool:
-        """Whether committed events exist that :meth:`global_page` may not hand out yet."""
-        stmt = select(
-            select(events.c.position)
-            .where(events.c.tx_id >= func.pg_snapshot_xmin(func.pg_current_snapshot()))
-            .exists()
-        )
-        async with self.engine.connect() as conn:
-            return bool((await conn.execute(stmt)).scalar())
 
     # -- care assignments -------------------------------------------------------------
 
@@ -457,6 +473,7 @@ class Store:
             return (await conn.execute(stmt)).first() is not None
 
     async def unassign(self, therapist_id: str, patient_id: str) -> bool:
+        """Remove an assignment and announce it in the same transaction (streams end)."""
         stmt = (
             care_assignments.delete()
             .where(
@@ -465,5 +482,16 @@ class Store:
             )
             .returning(care_assignments.c.therapist_id)
         )
+        payload = json.dumps([therapist_id, patient_id])
         async with self.engine.begin() as conn:
-            return (await conn.execute(stmt)).first() is not None
+            removed = (await conn.execute(stmt)).first() is not None
+            await conn.execute(select(func.pg_notify(ACCESS_CHANNEL, payload)))
+        return removed
+
+    async def assigned_pairs(self, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (therapist, patient) pairs are still assigned."""
+        stmt = select(care_assignments.c.therapist_id, care_assignments.c.patient_id).where(
+            tuple_(care_assignments.c.therapist_id, care_assignments.c.patient_id).in_(pairs)
+        )
+        async with self.engine.connect() as conn:
+            return {(row.therapist_id, row.patient_id) for row in await conn.execute(stmt)}

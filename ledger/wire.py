@@ -52,8 +52,9 @@ def sse_frame(event: str, id: int, data_json: str, retry_ms: int | None = None) 
     return format_sse_event(data_str=data_json, event=event, id=str(id), retry=retry_ms)
 
 
-def sse_retry(retry_ms: int) -> bytes:
-    return format_sse_event(retry=retry_ms)
+def sse_retry(retry_ms: int, id: int | None = None) -> bytes:
+    """The opening message; with an ``id`` it also gives EventSource a cursor at once."""
+    return format_sse_event(retry=retry_ms, id=None if id is None else str(id))
 
 
 def ws_message(event: str, id: int, data_json: str) -> str:

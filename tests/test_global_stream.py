@@ -117,3 +117,34 @@ def test_late_commit_of_a_lower_position_is_not_skipped(
                 seen.append(int(cursor))
         assert sorted(seen) == sorted([slow2_position, *more])
         assert len(set(seen)) == 4
+
+
+def test_held_back_by_a_silent_transaction_still_arrives(
+    server: LiveServer, module_database_url: str
+) -> None:
+    """An older writer that never notifies (here: a plain session insert) holds the event
+    back; when it commits nobody is told, yet the event is delivered, with heartbeats
+    flowing in the meantime (the test server's heartbeat is 1 s)."""
+    with server.client() as client:
+        fast = create_session(client)
+        with stream(server, PATH, read_timeout=20) as response:
+            messages = iter_sse(response)
+            opening = next(messages)
+            assert opening.retry is not None
+            assert opening.id is not None  # a cursor at once, before any event
+            with psycopg.connect(module_database_url) as silent:
+                silent.execute(
+                    "INSERT INTO sessions (id, patient_id) VALUES (%s, 'quiet')", (uuid.uuid4(),)
+                )
+                appended = append(client, fast, {"status": "uploaded"}).json()[0]
+                held = client.get(
+                    "/api/events",
+                    params={"after": str(appended["position"])},
+                    headers={"Authorization": response.request.headers["Authorization"]},
+                )
+                assert held.status_code == 400  # not a cursor a global reader hands out yet
+                heartbeats = take(messages, 2)
+                assert all(m.comments == ["heartbeat"] and m.data is None for m in heartbeats)
+                silent.commit()
+            got = take(event_messages(messages), 1)
+        assert json.loads(got[0].data or "")["position"] == appended["position"]

@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ledger.errors import LedgerError, Unauthorized, Unavailable
 
@@ -17,7 +18,11 @@ log = logging.getLogger(__name__)
 async def ledger_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, LedgerError)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+    detail: object = exc.detail
+    if exc.status_code == 422:
+        # Same shape as FastAPI's own validation errors, so a 422 is always one schema.
+        detail = [{"loc": ["body"], "msg": exc.detail, "type": "value_error"}]
+    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -43,9 +48,12 @@ async def database_error_handler(request: Request, exc: Exception) -> JSONRespon
 
     Anything else the driver raises is a bug and stays a 500.
     """
-    assert isinstance(exc, DBAPIError)
-    if isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated:
-        log.warning("database unavailable: %s", exc.orig)
+    unavailable = isinstance(exc, PoolTimeout) or (
+        isinstance(exc, DBAPIError)
+        and (isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated)
+    )
+    if unavailable:
+        log.warning("database unavailable: %s", exc)
         return JSONResponse(
             {"detail": "database unavailable, retry shortly"},
             status_code=Unavailable.status_code,
@@ -56,5 +64,6 @@ async def database_error_handler(request: Request, exc: Exception) -> JSONRespon
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(DBAPIError, database_error_handler)
+    app.add_exception_handler(PoolTimeout, database_error_handler)
     app.add_exception_handler(LedgerError, ledger_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)

@@ -30,9 +30,9 @@ async def global_history(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JSONResponse:
     require_read_all(principal)
-    if not await runtime.store.position_exists(after):
-        raise BadRequest("after is not the position of an event in this ledger")
-    rows = await runtime.store.global_page(after, limit + 1)
+    if not await runtime.store.global_cursor_valid(after):
+        raise BadRequest("after is not the position of an event handed out by a global read")
+    rows = (await runtime.store.global_page(after, limit + 1)).events
     more = len(rows) > limit
     page = rows[:limit]
     return page_response(page, page[-1].position if more else None)

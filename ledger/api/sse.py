@@ -62,6 +62,7 @@ class FeedResponse(Response):
         framing: Callable[[Item], bytes],
         retry_ms: int,
         on_close: Callable[[], None],
+        initial_id: int | None = None,
     ) -> None:
         # Like StreamingResponse: no body attribute, so no Content-Length header.
         self.status_code = 200
@@ -71,6 +72,7 @@ class FeedResponse(Response):
         self.framing = framing
         self.retry_ms = retry_ms
         self.on_close = on_close
+        self.initial_id = initial_id
         self.background: BackgroundTask | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -80,7 +82,7 @@ class FeedResponse(Response):
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             # The first message is the retry hint: it also opens the stream in the browser at
             # once, even when the session has nothing to send yet.
-            await self._write(send, sse_retry(self.retry_ms))
+            await self._write(send, sse_retry(self.retry_ms, self.initial_id))
             try:
                 async for item in self.items:
                     await self._write(send, sse_bytes(item, self.framing))

@@ -10,7 +10,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Response, WebSocket
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.websockets import WebSocketDisconnect
 
 from ledger import metrics
@@ -25,8 +25,8 @@ from ledger.api.deps import (
 )
 from ledger.api.schemas import error_responses
 from ledger.api.sse import FeedResponse, global_framing, session_framing
-from ledger.auth import require_read_all
-from ledger.errors import LedgerError
+from ledger.auth import Principal, Role, require_read_all
+from ledger.errors import Forbidden, LedgerError
 from ledger.feeds import Clock, GlobalFeed, Kind, SessionFeed, parse_last_event_id
 from ledger.wire import ws_message
 
@@ -70,7 +70,15 @@ async def session_stream(
     clock = Clock(runtime.settings.heartbeat_seconds, principal.expires_at)
     stack = contextlib.ExitStack()
     try:
-        feed = await SessionFeed.open(runtime.store, runtime.hub, session.id, start, clock, stack)
+        feed = await SessionFeed.open(
+            runtime.store,
+            runtime.hub,
+            session.id,
+            start,
+            clock,
+            stack,
+            access=assignment(principal, session.patient_id),
+        )
     except BaseException:
         stack.close()
         raise
@@ -110,6 +118,7 @@ async def global_stream(
         framing=global_framing,
         retry_ms=runtime.settings.retry_ms,
         on_close=stack.close,
+        initial_id=feed.last,
     )
 
 
@@ -123,18 +132,27 @@ async def session_ws(websocket: WebSocket, session_id: UUID) -> None:
     runtime: Runtime = get_runtime(websocket)
     stack = contextlib.ExitStack()
     try:
+        check_origin(websocket, runtime.settings.cors_origins)
         principal = authenticate_stream(websocket, runtime)
-        await check_read(runtime, principal, session_id)
+        session = await check_read(runtime, principal, session_id)
         start = parse_last_event_id(None, websocket.query_params.get("last_event_id"))
         clock = Clock(runtime.settings.heartbeat_seconds, principal.expires_at)
-        feed = await SessionFeed.open(runtime.store, runtime.hub, session_id, start, clock, stack)
+        feed = await SessionFeed.open(
+            runtime.store,
+            runtime.hub,
+            session_id,
+            start,
+            clock,
+            stack,
+            access=assignment(principal, session.patient_id),
+        )
     except LedgerError as exc:
         stack.close()
         await websocket.send_denial_response(
             JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
         )
         return
-    except DBAPIError:
+    except SQLAlchemyError:
         stack.close()
         await websocket.send_denial_response(
             JSONResponse({"detail": "database unavailable, retry shortly"}, status_code=503)
@@ -161,12 +179,14 @@ async def session_ws(websocket: WebSocket, session_id: UUID) -> None:
                     metrics.delivered(item, "ws")
                     if item.encoded.event.is_terminal:
                         close_code, reason = 1000, "complete"
-            if close_code != 1000 and clock.expired():
+            if close_code != 1000 and feed.sub.revoked:
+                close_code, reason = 1008, "access revoked"
+            elif close_code != 1000 and clock.expired():
                 close_code, reason = 1008, "token expired: reconnect with a fresh one"
             await websocket.close(close_code, reason)
         except (WebSocketDisconnect, OSError, RuntimeError):
             pass  # Gone mid-write; the subscription is released with the stack.
-        except DBAPIError as exc:
+        except SQLAlchemyError as exc:
             log.warning("websocket stream ended by a database error: %s", exc)
             with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
                 await websocket.close(1011, "database unavailable: resume shortly")
@@ -175,6 +195,24 @@ async def session_ws(websocket: WebSocket, session_id: UUID) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             metrics.SUBSCRIBERS.labels("ws").dec()
+
+
+def assignment(principal: Principal, patient_id: str) -> tuple[str, str] | None:
+    """The care assignment a therapist's stream depends on (it ends when removed)."""
+    if principal.role is Role.THERAPIST:
+        return (principal.subject, patient_id)
+    return None
+
+
+def check_origin(websocket: WebSocket, allowed: list[str]) -> None:
+    """Browsers send cookies with cross-site WebSocket handshakes: only trusted origins."""
+    origin = websocket.headers.get("origin")
+    if origin is None:
+        return  # not a browser
+    host = websocket.headers.get("host", "")
+    same_origin = {f"http://{host}", f"https://{host}"}
+    if origin not in allowed and origin not in same_origin:
+        raise Forbidden("this origin may not open WebSocket streams")
 
 
 async def _watch_ws(websocket: WebSocket, feed: SessionFeed) -> None:
