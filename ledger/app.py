@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from ledger import __version__
-from ledger.api import assignments, errors, events, health, sessions, streams
+from ledger.api import assignments, cookies, errors, events, health, sessions, streams
 from ledger.api.deps import Runtime
 from ledger.api.limits import BodyLimit
 from ledger.auth import TokenVerifier, load_keys
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (sessions, events, streams, assignments, health):
+    for module in (sessions, events, streams, assignments, cookies, health):
         app.include_router(module.router)
     if settings.cors_origins:
         app.add_middleware(

@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 import psycopg
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection
 
 from ledger.auth import Role, TokenVerifier, load_keys
 from ledger.db import libpq_url, sqlalchemy_url
@@ -399,3 +401,15 @@ def table_versions(database_url: str, session_id: str) -> list[int]:
             "SELECT version FROM events WHERE session_id = %s ORDER BY version", (session_id,)
         ).fetchall()
     return [int(r[0]) for r in rows]
+
+
+def receive_all(ws: ClientConnection) -> list[dict[str, Any]]:
+    """Every non-heartbeat WebSocket message until the server closes the socket."""
+    messages: list[dict[str, Any]] = []
+    try:
+        while True:
+            message = json.loads(ws.recv(timeout=10))
+            if message["event"] != "heartbeat":
+                messages.append(message)
+    except ConnectionClosed:
+        return messages

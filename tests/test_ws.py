@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
-from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.sync.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
-from tests.support import LiveServer, append, create_session, token
+from tests.support import LiveServer, append, create_session, receive_all, token
 
 
 def ws_url(server: LiveServer, session_id: str, **params: str) -> str:
     query = "&".join(f"{k}={v}" for k, v in params.items())
     return f"ws://127.0.0.1:{server.port}/api/sessions/{session_id}/status/ws?{query}"
-
-
-def receive_all(ws: ClientConnection) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = []
-    try:
-        while True:
-            message = json.loads(ws.recv(timeout=10))
-            if message["event"] != "heartbeat":
-                messages.append(message)
-    except ConnectionClosed:
-        return messages
 
 
 def test_ws_replay_live_and_close(server: LiveServer) -> None:

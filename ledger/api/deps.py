@@ -40,13 +40,19 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 bearer = HTTPBearer(auto_error=False, description="A JWT with `sub` and `role` claims.")
 
 
-def authenticate(
-    runtime: RuntimeDep,
+def get_bearer_token(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> Principal:
+) -> str:
     if credentials is None:
         raise Unauthorized("missing bearer token")
-    return runtime.verifier.verify(credentials.credentials)
+    return credentials.credentials
+
+
+BearerToken = Annotated[str, Depends(get_bearer_token)]
+
+
+def authenticate(runtime: RuntimeDep, token: BearerToken) -> Principal:
+    return runtime.verifier.verify(token)
 
 
 def authenticate_stream(connection: HTTPConnection, runtime: RuntimeDep) -> Principal:
