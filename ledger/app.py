@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -13,6 +14,7 @@ from ledger import __version__
 from ledger.api import assignments, cookies, errors, events, health, sessions, streams
 from ledger.api.deps import Runtime
 from ledger.api.limits import BodyLimit
+from ledger.api.schemas import STORABLE_JSON_VALUE
 from ledger.auth import TokenVerifier, load_keys
 from ledger.db import create_engine, resolve_database_url
 from ledger.hub import Hub
@@ -22,6 +24,34 @@ from ledger.store import Store
 log = logging.getLogger(__name__)
 
 LISTENER_START_SECONDS = 10.0
+
+
+def _refine_openapi(app: FastAPI) -> None:
+    """Two corrections to the generated schema, so that it says exactly what is accepted.
+
+    * ``data`` refers to a recursive ``StorableJson`` schema, added here.
+    * An optional header or query parameter is either absent or a string: FastAPI renders
+      it as "string or null", which tools then send as the literal text ``null``.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        schema.setdefault("components", {}).setdefault("schemas", {})
+        schema["components"]["schemas"].setdefault("StorableJson", STORABLE_JSON_VALUE)
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                for parameter in operation.get("parameters", []):
+                    variants = parameter.get("schema", {}).get("anyOf", [])
+                    concrete = [v for v in variants if v.get("type") != "null"]
+                    if parameter.get("in") in ("header", "query") and len(concrete) == 1 < len(
+                        variants
+                    ):
+                        title = parameter["schema"].get("title")
+                        parameter["schema"] = {**concrete[0], **({"title": title} if title else {})}
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings | None = None, *, database_url: str | None = None) -> FastAPI:
@@ -58,6 +88,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         lifespan=lifespan,
     )
     errors.install(app)
+    _refine_openapi(app)
     for module in (sessions, events, streams, assignments, cookies, health):
         app.include_router(module.router)
     if settings.cors_origins:

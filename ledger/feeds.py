@@ -228,12 +228,9 @@ class GlobalFeed:
         sub = stack.enter_context(hub.subscribe(None))
         if last_event_id is None:
             after = await store.global_tail()
-        elif await store.global_cursor_valid(last_event_id):
-            after = last_event_id
         else:
-            raise BadRequest(
-                "Last-Event-ID is not the position of an event handed out by the global stream"
-            )
+            await store.check_global_cursor(last_event_id)
+            after = last_event_id
         return cls(store, sub, clock, after=after)
 
     async def items(self) -> AsyncIterator[Item]:

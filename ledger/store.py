@@ -378,21 +378,26 @@ class Store:
         async with self.engine.connect() as conn:
             return [event_from_row(row) for row in await conn.execute(stmt, params)]
 
-    async def global_cursor_valid(self, position: int) -> bool:
-        """Whether ``position`` is a cursor the global readers could have handed out.
+    async def check_global_cursor(self, position: int) -> None:
+        """Refuse a position the global readers could not have handed out.
 
-        That is an event whose transaction is below the current xmin: resuming from a
+        A cursor is an event whose transaction is below the current xmin: resuming from a
         younger one (say, a position taken from an append's answer) could pass by older
         transactions that commit later.
         """
         if position == 0:
-            return True
-        stmt = select(events.c.position).where(
-            events.c.position == position,
-            events.c.tx_id < func.pg_snapshot_xmin(func.pg_current_snapshot()),
-        )
+            return
+        xmin = func.pg_snapshot_xmin(func.pg_current_snapshot())
+        stmt = select((events.c.tx_id < xmin).label("visible")).where(events.c.position == position)
         async with self.engine.connect() as conn:
-            return (await conn.execute(stmt)).first() is not None
+            row = (await conn.execute(stmt)).first()
+        if row is None:
+            raise NotFound(f"no event at position {position} in this ledger")
+        if not row.visible:
+            raise Conflict(
+                f"position {position} is not yet visible to global readers: an older "
+                "transaction is still open; resume from a cursor the global stream handed out"
+            )
 
     async def global_page(self, after: int, limit: int) -> GlobalPage:
         """All sessions' events after the event at global position ``after``.

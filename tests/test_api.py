@@ -157,7 +157,7 @@ def test_expected_version_and_if_match(server: LiveServer) -> None:
             {"status": "queued", "expected_version": 3},
             headers={"If-Match": "4"},
         )
-        assert disagree.status_code == 400
+        assert disagree.status_code == 409
 
 
 def test_authentication_and_roles(server: LiveServer) -> None:
@@ -228,7 +228,7 @@ def test_global_history_in_order(server: LiveServer) -> None:
         ours = [(e["session_id"], e["version"]) for e in seen if e["session_id"] in (a, b)]
         assert ours == [(a, 1), (b, 1), (b, 2)]
         unknown = client.get("/api/events", params={"after": 10**12}, headers=auth("admin"))
-        assert unknown.status_code == 400
+        assert unknown.status_code == 404
 
 
 def test_health_and_readiness(server: LiveServer) -> None:

@@ -44,6 +44,8 @@ def test_global_stream_is_for_admins_and_auditors(server: LiveServer) -> None:
     with stream(server, PATH, role="auditor", read_timeout=3) as response:
         assert response.status_code == 200
     with stream(server, PATH, headers={"Last-Event-ID": "999999999"}) as response:
+        assert response.status_code == 404
+    with stream(server, PATH, headers={"Last-Event-ID": "x"}) as response:
         assert response.status_code == 400
 
 
@@ -142,7 +144,7 @@ def test_held_back_by_a_silent_transaction_still_arrives(
                     params={"after": str(appended["position"])},
                     headers={"Authorization": response.request.headers["Authorization"]},
                 )
-                assert held.status_code == 400  # not a cursor a global reader hands out yet
+                assert held.status_code == 409  # not a cursor a global reader hands out yet
                 heartbeats = take(messages, 2)
                 assert all(m.comments == ["heartbeat"] and m.data is None for m in heartbeats)
                 silent.commit()

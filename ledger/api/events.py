@@ -11,7 +11,6 @@ from ledger.api.deps import CurrentPrincipal, RuntimeDep
 from ledger.api.responses import page_response
 from ledger.api.schemas import MAX_POSITION, PageOut, error_responses
 from ledger.auth import require_read_all
-from ledger.errors import BadRequest
 
 router = APIRouter(prefix="/api/events", tags=["events"])
 
@@ -19,7 +18,7 @@ router = APIRouter(prefix="/api/events", tags=["events"])
 @router.get(
     "",
     response_model=PageOut,
-    responses=error_responses(400, 401, 403),
+    responses=error_responses(401, 403, 404, 409),
 )
 async def global_history(
     runtime: RuntimeDep,
@@ -30,8 +29,7 @@ async def global_history(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JSONResponse:
     require_read_all(principal)
-    if not await runtime.store.global_cursor_valid(after):
-        raise BadRequest("after is not the position of an event handed out by a global read")
+    await runtime.store.check_global_cursor(after)
     rows = (await runtime.store.global_page(after, limit + 1)).events
     more = len(rows) > limit
     page = rows[:limit]

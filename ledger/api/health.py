@@ -16,7 +16,10 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={503: {"description": "The database is unreachable or the listener is down."}},
+)
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
     """Ready when the database answers and this process's LISTEN connection is up."""
     try:
@@ -32,6 +35,10 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     )
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+)
 async def prometheus_metrics(runtime: RuntimeDep) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -9,10 +9,11 @@ from uuid import UUID
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
-    StrictInt,
     StrictStr,
+    WithJsonSchema,
 )
 
 from ledger.domain import EventType, NewEvent, Status
@@ -51,10 +52,45 @@ def _check_data(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-Text = Annotated[StrictStr, Field(max_length=MAX_TEXT), AfterValidator(_no_nul)]
-Identifier = Annotated[StrictStr, Field(min_length=1, max_length=200), AfterValidator(_no_nul)]
-Data = Annotated[dict[str, Any], AfterValidator(_check_data)]
-Version = Annotated[StrictInt, Field(ge=0, le=MAX_VERSION)]
+NO_NUL = r"^[^\x00]*$"
+# What `data` may hold, stated for clients and schema-driven tools: any JSON object whose
+# strings and keys carry no NUL (PostgreSQL cannot store it).
+STORABLE_JSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "propertyNames": {"pattern": NO_NUL},
+    "additionalProperties": {"$ref": "#/components/schemas/StorableJson"},
+}
+STORABLE_JSON_VALUE: dict[str, Any] = {
+    "anyOf": [
+        {"type": "null"},
+        {"type": "boolean"},
+        {"type": "number"},
+        {"type": "string", "pattern": NO_NUL},
+        {"type": "array", "items": {"$ref": "#/components/schemas/StorableJson"}},
+        STORABLE_JSON_SCHEMA,
+    ]
+}
+
+Text = Annotated[StrictStr, Field(max_length=MAX_TEXT, pattern=NO_NUL)]
+Identifier = Annotated[StrictStr, Field(min_length=1, max_length=200, pattern=NO_NUL)]
+Data = Annotated[
+    dict[str, Any],
+    AfterValidator(_check_data),
+    WithJsonSchema({**STORABLE_JSON_SCHEMA, "description": "Free JSON object."}),
+]
+
+
+def _whole_number(value: Any) -> int:
+    # JSON has one number type: 44.0 is the integer 44, but "44", 4.5 and true are errors.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError("must be an integer")
+
+
+Version = Annotated[int, Field(ge=0, le=MAX_VERSION), BeforeValidator(_whole_number)]
+Progress = Annotated[int, Field(ge=0, le=100), BeforeValidator(_whole_number)]
 
 
 class EventIn(BaseModel):
@@ -63,7 +99,7 @@ class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: Status
-    progress: Annotated[StrictInt, Field(ge=0, le=100)] | None = None
+    progress: Progress | None = None
     message: Text | None = None
     error: Text | None = None
     data: Data = Field(default_factory=dict)

@@ -26,7 +26,7 @@ from ledger.api.schemas import (
     error_responses,
 )
 from ledger.auth import require_append
-from ledger.errors import BadRequest, Unprocessable
+from ledger.errors import BadRequest, Conflict, Unprocessable
 from ledger.feeds import status_body
 
 router = APIRouter(prefix="/api/sessions", tags=["sessions"])
@@ -45,7 +45,11 @@ IdempotencyKey = Annotated[
 ]
 IfMatch = Annotated[
     str | None,
-    Header(alias="If-Match", max_length=40, description='Expected current version, e.g. "3".'),
+    Header(
+        alias="If-Match",
+        pattern=r'^(W/)?"?[0-9]{1,9}"?$',
+        description='Expected current version, e.g. "3".',
+    ),
 ]
 
 
@@ -73,7 +77,8 @@ def _expected_version(if_match: str | None, in_body: int | None) -> int | None:
             raise BadRequest('If-Match must be a version such as "3"')
         from_header = int(raw)
     if from_header is not None and in_body is not None and from_header != in_body:
-        raise BadRequest("If-Match and expected_version disagree")
+        # The session cannot be at both versions, so this is a version mismatch like any other.
+        raise Conflict("If-Match and expected_version disagree: one cannot match")
     return from_header if from_header is not None else in_body
 
 

@@ -49,7 +49,7 @@ AccessTokenQuery = Annotated[
 STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/event-stream": {}}, "description": "An SSE stream."},
     204: {"description": "The client has already seen the terminal event: stop reconnecting."},
-    **error_responses(400, 401, 403, 404),
+    **error_responses(400, 401, 403, 404, 409, 503),
 }
 
 
