@@ -82,3 +82,12 @@ def test_ws_unknown_session_is_404(server: LiveServer) -> None:
     with pytest.raises(InvalidStatus) as refused:
         connect(ws_url(server, "00000000-0000-4000-8000-000000000000", access_token=token("admin")))
     assert refused.value.response.status_code == 404
+
+
+def test_ws_closes_when_the_token_expires(server: LiveServer) -> None:
+    with server.client() as client:
+        session_id = create_session(client)
+    with connect(ws_url(server, session_id, access_token=token("admin", ttl=1))) as ws:
+        assert receive_all(ws) == []  # only heartbeats, until the server closes
+        assert ws.close_code == 1008
+        assert ws.close_reason.startswith("token expired")

@@ -1,0 +1,49 @@
+"""The ``ledger`` command's token minting, as scripts use it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import jwt
+
+from tests.support import JWT_SECRET
+
+
+def test_token_mints_what_the_server_accepts() -> None:
+    env = {**os.environ, "LEDGER_JWT_SECRET": JWT_SECRET, "LEDGER_JWT_AUDIENCE": "ledger"}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ledger",
+            "token",
+            "--role",
+            "therapist",
+            "--sub",
+            "dr-x",
+            "--ttl",
+            "120",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    claims = jwt.decode(out.stdout.strip(), JWT_SECRET, algorithms=["HS256"], audience="ledger")
+    assert (claims["sub"], claims["role"], claims["aud"]) == ("dr-x", "therapist", "ledger")
+    assert 100 <= claims["exp"] - time.time() <= 121
+
+
+def test_token_refuses_unknown_roles() -> None:
+    env = {**os.environ, "LEDGER_JWT_SECRET": JWT_SECRET}
+    out = subprocess.run(
+        [sys.executable, "-m", "ledger", "token", "--role", "root", "--sub", "x"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert "invalid choice" in out.stderr
