@@ -11,13 +11,24 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from ledger import __version__
-from ledger.api import assignments, cookies, errors, events, health, sessions, streams
+from ledger.api import (
+    analytics,
+    assignments,
+    audit,
+    cookies,
+    errors,
+    events,
+    health,
+    sessions,
+    streams,
+)
 from ledger.api.deps import Runtime
 from ledger.api.limits import BodyLimit
 from ledger.api.schemas import STORABLE_JSON_VALUE
 from ledger.auth import TokenVerifier, load_keys
 from ledger.db import create_engine, resolve_database_url
 from ledger.hub import Hub
+from ledger.reporting import Reporting
 from ledger.settings import Settings, get_settings
 from ledger.store import Store
 
@@ -69,9 +80,8 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             queue_size=settings.subscriber_queue_size,
             probe_seconds=settings.listener_probe_seconds,
         )
-        app.state.runtime = Runtime(
-            settings, store, TokenVerifier(settings, load_keys(settings)), hub
-        )
+        verifier = TokenVerifier(settings, load_keys(settings))
+        app.state.runtime = Runtime(settings, store, Reporting(engine), verifier, hub)
         await hub.start()
         if not await hub.wait_listening(LISTENER_START_SECONDS):
             log.warning("the LISTEN connection is not up yet; /readyz reports it")
@@ -89,7 +99,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     )
     errors.install(app)
     _refine_openapi(app)
-    for module in (sessions, events, streams, assignments, cookies, health):
+    for module in (sessions, events, streams, audit, analytics, assignments, cookies, health):
         app.include_router(module.router)
     if settings.cors_origins:
         app.add_middleware(

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from types import FrameType
+from typing import IO
+from uuid import UUID
 
 from ledger.auth import Role, TokenVerifier, load_keys
 from ledger.db import resolve_database_url
@@ -64,6 +68,39 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from ledger.offline import verify
+
+    return asyncio.run(verify(get_settings(), args.session))
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ledger.offline import export, stdout_bytes
+
+    def run(out: IO[bytes]) -> int:
+        return asyncio.run(
+            export(
+                get_settings(),
+                args.format,
+                out,
+                session_id=args.session,
+                after=args.after,
+                start=args.start,
+                end=args.end,
+            )
+        )
+
+    if args.output is None:
+        return run(stdout_bytes())
+    with open(args.output, "wb") as out:
+        return run(out)
+
+
+def _timestamp(value: str) -> datetime:
+    moment = datetime.fromisoformat(value)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ledger", description="An event-sourced progress ledger with live streams."
@@ -84,6 +121,23 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--sub", required=True, help="the subject (user or service id)")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
     token.set_defaults(run=_token)
+
+    verify = commands.add_parser(
+        "verify", help="recompute the hash chains; exit 1 if any is broken"
+    )
+    verify.add_argument("--session", type=UUID, default=None, help="only this session")
+    verify.set_defaults(run=_verify)
+
+    export = commands.add_parser("export", help="export history as NDJSON or CSV")
+    export.add_argument("--session", type=UUID, default=None, help="only this session")
+    export.add_argument("--from", dest="start", type=_timestamp, default=None)
+    export.add_argument("--to", dest="end", type=_timestamp, default=None)
+    export.add_argument(
+        "--after", type=int, default=0, help="a version (with --session) or global position"
+    )
+    export.add_argument("--format", choices=["ndjson", "csv"], default="ndjson")
+    export.add_argument("--output", "-o", default=None, help="a file (default: stdout)")
+    export.set_defaults(run=_export)
     return parser
 
 

@@ -213,21 +213,42 @@ class ChainBreak:
     reason: str
 
 
-def verify_chain(events: Sequence[Event], *, prev_hash: str = GENESIS_HASH) -> ChainBreak | None:
-    """Recompute a session's chain from its stored rows; the first mismatch is the answer."""
-    expected_version = 1
-    if events:
-        expected_version = events[0].version
+class ChainVerifier:
+    """Checks a session's events one at a time, from version 1, in constant memory."""
+
+    def __init__(self) -> None:
+        self.expected_version = 1
+        self.prev_hash = GENESIS_HASH
+        self.broken: ChainBreak | None = None
+
+    def feed(self, event: Event) -> ChainBreak | None:
+        """The first break found (and the same one thereafter), or None while intact."""
+        if self.broken is not None:
+            return self.broken
+        if event.version != self.expected_version:
+            self.broken = ChainBreak(
+                self.expected_version, f"version {self.expected_version} is missing"
+            )
+        elif event.prev_hash != self.prev_hash:
+            self.broken = ChainBreak(
+                event.version, "prev_hash does not match the previous event's hash"
+            )
+        elif event.hash != chain_hash(
+            self.prev_hash, canonical_json(event.session_id, event.actor, event.recorded_at, event)
+        ):
+            self.broken = ChainBreak(
+                event.version, "the stored hash does not match the event's content"
+            )
+        else:
+            self.prev_hash = event.hash
+            self.expected_version += 1
+        return self.broken
+
+
+def verify_chain(events: Sequence[Event]) -> ChainBreak | None:
+    """Recompute a whole chain from version 1; the first mismatch is the answer."""
+    verifier = ChainVerifier()
     for event in events:
-        if event.version != expected_version:
-            return ChainBreak(expected_version, f"version {expected_version} is missing")
-        if event.prev_hash != prev_hash:
-            return ChainBreak(event.version, "prev_hash does not match the previous event's hash")
-        recomputed = chain_hash(
-            prev_hash, canonical_json(event.session_id, event.actor, event.recorded_at, event)
-        )
-        if recomputed != event.hash:
-            return ChainBreak(event.version, "the stored hash does not match the event's content")
-        prev_hash = event.hash
-        expected_version += 1
-    return None
+        if verifier.feed(event) is not None:
+            break
+    return verifier.broken

@@ -32,6 +32,7 @@ from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import Select
 from sqlalchemy.types import BigInteger, UserDefinedType
 
 from ledger.domain import (
@@ -166,6 +167,48 @@ def _same_request(stored: Sequence[Event], batch: Sequence[NewEvent]) -> bool:
     )
 
 
+def advisory_key(session_id: UUID) -> int:
+    """The session's advisory-lock key: its first 64 bits (a collision only serialises two
+    sessions' appends, it never mixes them)."""
+    return int.from_bytes(session_id.bytes[:8], "big", signed=True)
+
+
+def recorded_between(start: datetime | None, end: datetime | None) -> list[Any]:
+    """Conditions for ``start <= recorded_at < end``, either bound optional."""
+    conditions: list[Any] = []
+    if start is not None:
+        conditions.append(events.c.recorded_at >= start)
+    if end is not None:
+        conditions.append(events.c.recorded_at < end)
+    return conditions
+
+
+def global_selection(
+    after: int, start: datetime | None = None, end: datetime | None = None
+) -> Select[Any]:
+    """Events after the cursor ``after`` in commit-safe global order (see ``global_page``)."""
+    cursor = (
+        select(events.c.tx_id, events.c.position)
+        .where(events.c.position == after)
+        .union_all(
+            select(cast(literal("0"), Xid8), literal(0, BigInteger)).where(
+                literal(after, BigInteger) == 0
+            )
+        )
+        .subquery()
+    )
+    return (
+        select(*EVENT_COLUMNS)
+        .select_from(events.join(cursor, true()))
+        .where(
+            tuple_(events.c.tx_id, events.c.position) > tuple_(cursor.c.tx_id, cursor.c.position),
+            events.c.tx_id < func.pg_snapshot_xmin(func.pg_current_snapshot()),
+            *recorded_between(start, end),
+        )
+        .order_by(events.c.tx_id, events.c.position)
+    )
+
+
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -212,15 +255,19 @@ class Store:
     ) -> AppendResult:
         """Append a batch atomically, chained and versioned, and notify in the same transaction.
 
-        Appends to one session are serialised by ``SELECT … FOR UPDATE`` on its ``sessions``
-        row; every read that decides the new versions runs after that lock, in a fresh
+        Appends to one session are serialised by a transaction-scoped advisory lock on the
+        session (a row lock would need UPDATE on ``sessions``, which the app's role does not
+        have); every read that decides the new versions runs after that lock, in a fresh
         READ COMMITTED snapshot, so concurrent writers can neither gap nor duplicate.
         """
         async with self.engine.begin() as conn:
             locked = await conn.execute(
-                select(sessions.c.id).where(sessions.c.id == session_id).with_for_update()
+                select(
+                    func.pg_advisory_xact_lock(advisory_key(session_id)),
+                    select(sessions.c.id).where(sessions.c.id == session_id).scalar_subquery(),
+                )
             )
-            if locked.first() is None:
+            if locked.one()[1] is None:
                 raise NotFound(f"session {session_id} not found")
             if idempotency_key is not None:
                 stored = await self._by_idempotency_key(conn, session_id, idempotency_key)
@@ -399,7 +446,14 @@ class Store:
                 "transaction is still open; resume from a cursor the global stream handed out"
             )
 
-    async def global_page(self, after: int, limit: int) -> GlobalPage:
+    async def global_page(
+        self,
+        after: int,
+        limit: int,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> GlobalPage:
         """All sessions' events after the event at global position ``after``.
 
         Positions are taken at INSERT but transactions commit in another order, so reading
@@ -412,28 +466,8 @@ class Store:
         Both statements run in one REPEATABLE READ snapshot, so ``held_back`` (committed
         events exist that may not be handed out yet) is true of exactly this page.
         """
-        cursor = (
-            select(events.c.tx_id, events.c.position)
-            .where(events.c.position == after)
-            .union_all(
-                select(cast(literal("0"), Xid8), literal(0, BigInteger)).where(
-                    literal(after, BigInteger) == 0
-                )
-            )
-            .subquery()
-        )
+        stmt = global_selection(after, start, end).limit(limit)
         xmin = func.pg_snapshot_xmin(func.pg_current_snapshot())
-        stmt = (
-            select(*EVENT_COLUMNS)
-            .select_from(events.join(cursor, true()))
-            .where(
-                tuple_(events.c.tx_id, events.c.position)
-                > tuple_(cursor.c.tx_id, cursor.c.position),
-                events.c.tx_id < xmin,
-            )
-            .order_by(events.c.tx_id, events.c.position)
-            .limit(limit)
-        )
         held = select(select(events.c.position).where(events.c.tx_id >= xmin).exists())
         async with self.engine.connect() as conn:
             await conn.execution_options(isolation_level="REPEATABLE READ")

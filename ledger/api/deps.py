@@ -13,6 +13,7 @@ from starlette.requests import HTTPConnection
 from ledger.auth import Principal, Role, TokenVerifier, may_read_patient
 from ledger.errors import Forbidden, Unauthorized
 from ledger.hub import Hub
+from ledger.reporting import Reporting
 from ledger.settings import Settings
 from ledger.store import SessionRecord, Store
 
@@ -26,6 +27,7 @@ class Runtime:
 
     settings: Settings
     store: Store
+    reporting: Reporting
     verifier: TokenVerifier
     hub: Hub
 

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Annotated, Any, Literal
 
-from fastapi.responses import JSONResponse
+from fastapi import Query
+from fastapi.responses import JSONResponse, StreamingResponse
 
+from ledger.api.schemas import error_responses
 from ledger.domain import Event
+from ledger.exports import MEDIA_TYPES, ExportFormat, encode
+
+FormatQuery = Annotated[
+    Literal["json", "ndjson", "csv"],
+    Query(
+        alias="format",
+        description="json: a page; ndjson or csv: the whole selection with hash links, streamed.",
+    ),
+]
+EXPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"application/x-ndjson": {}, "text/csv": {}},
+        "description": "A JSON page, or an NDJSON / CSV export.",
+    },
+    **error_responses(400, 401, 403, 404, 409),
+}
 
 
 def events_response(
@@ -25,3 +43,14 @@ def page_response(events: Sequence[Event], next_after: int | None) -> JSONRespon
 
 def etag(version: int) -> str:
     return f'"{version}"'
+
+
+def export_response(
+    batches: AsyncIterator[list[Event]], fmt: ExportFormat, name: str
+) -> StreamingResponse:
+    extension = "ndjson" if fmt == "ndjson" else "csv"
+    return StreamingResponse(
+        encode(batches, fmt),
+        media_type=MEDIA_TYPES[fmt],
+        headers={"Content-Disposition": f'attachment; filename="{name}.{extension}"'},
+    )

@@ -6,12 +6,19 @@ import uuid
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Body, Header, Query
+from fastapi import APIRouter, Body, Header, Query, Response
 from fastapi.responses import JSONResponse
 
 from ledger import metrics
 from ledger.api.deps import CurrentPrincipal, ReadableSession, RuntimeDep
-from ledger.api.responses import etag, events_response, page_response
+from ledger.api.responses import (
+    EXPORT_RESPONSES,
+    FormatQuery,
+    etag,
+    events_response,
+    export_response,
+    page_response,
+)
 from ledger.api.schemas import (
     MAX_VERSION,
     AppendBody,
@@ -130,13 +137,19 @@ async def session_status(session: ReadableSession, runtime: RuntimeDep) -> JSONR
     return JSONResponse(status_body(session.id, head), headers={"ETag": etag(version)})
 
 
-@router.get("/{session_id}/events", response_model=PageOut, responses=ERRORS)
+@router.get("/{session_id}/events", response_model=PageOut, responses=EXPORT_RESPONSES)
 async def session_history(
     session: ReadableSession,
     runtime: RuntimeDep,
     after: Annotated[int, Query(ge=0, le=MAX_VERSION, description="Version to start after.")] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> JSONResponse:
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size (JSON only).")] = 100,
+    fmt: FormatQuery = "json",
+) -> Response:
+    """A page of history, or with ``format=ndjson|csv`` all of it after ``after``, streamed."""
+    if fmt != "json":
+        return export_response(
+            runtime.reporting.export_session(session.id, after), fmt, f"session-{session.id}"
+        )
     rows = await runtime.store.session_page(session.id, after, limit + 1)
     more = len(rows) > limit
     page = rows[:limit]

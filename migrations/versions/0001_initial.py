@@ -7,7 +7,7 @@ The events table is the truth of the ledger. Choices made here:
   snapshot's xmin, so a transaction that took a low position but commits late is never
   skipped (see ``ledger.store.global_page``). The ``(tx_id, position)`` index serves it.
 * ``(session_id, version)`` is unique: the per-session order, gap-free by construction
-  (appends to one session are serialised by a row lock on ``sessions``).
+  (appends to one session are serialised by a per-session advisory lock).
 * Statement-level triggers refuse UPDATE, DELETE and TRUNCATE for everyone who cannot
   drop the trigger, so history cannot be rewritten by the application.
 
