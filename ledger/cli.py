@@ -96,6 +96,14 @@ def _export(args: argparse.Namespace) -> int:
         return run(out)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ledger.bench import run
+
+    return run(get_settings(), quick=args.quick, output=Path(args.output))
+
+
 def _timestamp(value: str) -> datetime:
     moment = datetime.fromisoformat(value)
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
@@ -138,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["ndjson", "csv"], default="ndjson")
     export.add_argument("--output", "-o", default=None, help="a file (default: stdout)")
     export.set_defaults(run=_export)
+
+    bench = commands.add_parser("bench", help="run the benchmarks, write a JSON report")
+    bench.add_argument("--quick", action="store_true", help="a tenth of the size")
+    bench.add_argument("--output", default="bench-results.json")
+    bench.set_defaults(run=_bench)
     return parser
 
 

@@ -10,6 +10,7 @@ check the two against each other.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -30,7 +31,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.domain import ChainVerifier, Event
 from ledger.store import EVENT_COLUMNS, event_from_row, events, global_selection
@@ -39,6 +40,9 @@ Bucket = Literal["hour", "day"]
 STEPS: dict[str, str] = {"hour": "1 hour", "day": "24 hours"}
 EXPORT_BATCH = 1000
 TOP_REASONS = 10
+# Analytics sorts whole ranges (window functions, percentiles); with PostgreSQL's default
+# 4 MB they spill to disk and the planner walks an index at random instead. Per query only.
+ANALYTICS_WORK_MEM = "64MB"
 
 _views = MetaData()
 stage_durations = Table(
@@ -100,6 +104,12 @@ class Reporting:
 
     # -- analytics --------------------------------------------------------------------
 
+    @asynccontextmanager
+    async def _analytics(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn, conn.begin():
+            await conn.execute(text(f"SET LOCAL work_mem = '{ANALYTICS_WORK_MEM}'"))
+            yield conn
+
     async def summary(self, start: datetime, end: datetime) -> Summary:
         """Sessions started, and outcomes reached, in ``[start, end)``.
 
@@ -151,7 +161,7 @@ class Reporting:
             .order_by(literal_column("n").desc(), outcomes.c.reason)
             .limit(TOP_REASONS)
         )
-        async with self.engine.connect() as conn:
+        async with self._analytics() as conn:
             row = (await conn.execute(figures)).one()
             top = [(r.reason, int(r.n)) for r in await conn.execute(reasons)]
         ended = row.completed + row.failed
@@ -195,7 +205,7 @@ class Reporting:
             .group_by(stage_durations.c.status)
             .order_by(stage_durations.c.status)
         )
-        async with self.engine.connect() as conn:
+        async with self._analytics() as conn:
             return [
                 StageFigures(r.status, int(r.visits), float(r.mean), float(r.p50), float(r.p95))
                 for r in await conn.execute(stmt)
@@ -233,7 +243,7 @@ class Reporting:
             bindparam("end", type_=DateTime(timezone=True)),
         )
         params = {"unit": bucket, "start": start, "end": end, "step": STEPS[bucket]}
-        async with self.engine.connect() as conn:
+        async with self._analytics() as conn:
             return [
                 BucketFigures(r.bucket, int(r.events), int(r.completed), int(r.failed))
                 for r in await conn.execute(stmt, params)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import httpx
 
+from ledger.serverproc import free_port
 from ledger.settings import Settings
-from tests.support import LiveServer, free_port
+from tests.support import LiveServer
 
 
 class EmbeddedServer(LiveServer):

@@ -1,0 +1,29 @@
+"""``ledger bench --quick`` runs end to end and writes its report (timings are not judged)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_bench_quick_writes_a_report(pg_server_url: str, tmp_path: Path) -> None:
+    output = tmp_path / "bench-results.json"
+    env = {**os.environ, "LEDGER_DATABASE_URL": pg_server_url, "COLUMNS": "160"}
+    done = subprocess.run(
+        [sys.executable, "-m", "ledger", "bench", "--quick", "--output", str(output)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(output.read_text())
+    assert report["quick"] is True
+    assert report["machine"]["cores"] >= 1
+    metrics = {r["metric"] for r in report["results"]}
+    assert {"GET /api/analytics/summary", "GET /api/analytics/stages"} <= metrics
+    assert all(r["value"] > 0 for r in report["results"])
+    assert "analytics over 100,000 events" in done.stdout
