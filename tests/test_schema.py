@@ -72,4 +72,11 @@ def test_migrations_are_the_only_schema(db: psycopg.Connection[Any]) -> None:
         ).fetchall()
     }
     assert tables == {"alembic_version", "sessions", "care_assignments", "events"}
-    assert db.execute("SELECT version_num FROM alembic_version").fetchone() == ("0001",)
+    views = {
+        row[0]
+        for row in db.execute(
+            "SELECT viewname FROM pg_views WHERE schemaname = 'public'"
+        ).fetchall()
+    }
+    assert views == {"session_timeline", "stage_durations", "session_outcomes"}
+    assert db.execute("SELECT version_num FROM alembic_version").fetchone() == ("0002",)
