@@ -8,6 +8,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.support import with_database
+
 
 def seed(db: psycopg.Connection[Any]) -> uuid.UUID:
     session_id = uuid.uuid4()
@@ -80,3 +82,24 @@ def test_migrations_are_the_only_schema(db: psycopg.Connection[Any]) -> None:
     }
     assert views == {"session_timeline", "stage_durations", "session_outcomes"}
     assert db.execute("SELECT version_num FROM alembic_version").fetchone() == ("0002",)
+
+
+def test_migrations_go_down_and_up(databases: Any) -> None:
+    from alembic import command
+
+    from ledger.migrate import alembic_config
+
+    name = f"ledger_updown_{uuid.uuid4().hex[:8]}"
+    with databases.admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = with_database(databases.server_url, name)
+    try:
+        config = alembic_config(url)
+        command.upgrade(config, "head")
+        command.downgrade(config, "base")
+        command.upgrade(config, "head")
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0002",)
+    finally:
+        with databases.admin() as admin:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
