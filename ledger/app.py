@@ -24,6 +24,7 @@ from ledger.api import (
 )
 from ledger.api.deps import Runtime
 from ledger.api.limits import BodyLimit
+from ledger.api.observe import Observe
 from ledger.api.schemas import STORABLE_JSON_VALUE
 from ledger.auth import TokenVerifier, load_keys
 from ledger.db import create_engine, resolve_database_url
@@ -117,4 +118,5 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             expose_headers=["ETag", "Idempotent-Replayed", "Location"],
         )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(Observe)
     return app

@@ -18,12 +18,21 @@ from ledger.settings import get_settings
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import logging.config
+
     import uvicorn
 
     from ledger.app import create_app
-    from ledger.logs import uvicorn_log_config
+    from ledger.logs import log_config
 
     settings = get_settings()
+    host = args.host or settings.host
+    port = args.port if args.port is not None else settings.port
+    logging.config.dictConfig(log_config(settings.log_format, settings.log_level))
+    if args.workers > 1:
+        from ledger.supervisor import Supervisor
+
+        return Supervisor(settings, host, port, args.workers).run()
     app = create_app(settings)
 
     class Server(uvicorn.Server):
@@ -37,12 +46,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = uvicorn.Config(
         app,
-        host=args.host or settings.host,
-        port=args.port if args.port is not None else settings.port,
+        host=host,
+        port=port,
+        fd=args.fd,
         loop="uvloop",
         http="httptools",
         ws="websockets-sansio",
-        log_config=uvicorn_log_config(),
+        log_config=log_config(settings.log_format, settings.log_level),
+        access_log=False,
         timeout_graceful_shutdown=10,
         proxy_headers=True,
     )
@@ -118,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the HTTP API (LEDGER_HOST, LEDGER_PORT)")
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
+    serve.add_argument(
+        "--workers", type=int, default=1, help="processes on one socket, each with one LISTEN"
+    )
+    serve.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
 
     migrate = commands.add_parser("migrate", help="apply database migrations (Alembic)")

@@ -1,38 +1,92 @@
-"""Logging setup that never writes a token: query-string secrets are redacted."""
+"""Logging: JSON lines with a request id, and never a token.
+
+Access lines come from ``ledger.api.observe`` (uvicorn's own access log is off): they carry
+the route and the path but never the query string, where browsers put their tokens. As a
+second guard every message passes a filter that blanks anything shaped like a token
+parameter.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-from typing import Any
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 SECRET_QUERY = re.compile(r"(?i)((?:access_token|token)=)[^&\s]*")
+BEARER = re.compile(r"(?i)(bearer\s+)[\w\-.~+/]+=*")
+
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+LogFormat = Literal["json", "text"]
 
 
 def redact(text: str) -> str:
-    return SECRET_QUERY.sub(r"\1[redacted]", text)
+    return BEARER.sub(r"\1[redacted]", SECRET_QUERY.sub(r"\1[redacted]", text))
 
 
 class RedactSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
-        record.msg = redact(str(record.msg))
+        record.msg = redact(record.getMessage())
+        record.args = None
         return True
 
 
-def uvicorn_log_config(level: str = "INFO") -> dict[str, Any]:
-    """uvicorn's own log config with the redacting filter on every handler."""
-    from uvicorn.config import LOGGING_CONFIG
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request id, and extras."""
 
-    config: dict[str, Any] = {**LOGGING_CONFIG}
-    config["filters"] = {"redact": {"()": RedactSecrets}}
-    config["handlers"] = {
-        name: {**handler, "filters": ["redact"]}
-        for name, handler in LOGGING_CONFIG["handlers"].items()
+    EXTRAS = ("http", "event")
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        rid = request_id.get()
+        if rid is not None:
+            entry["request_id"] = rid
+        for key in self.EXTRAS:
+            value = getattr(record, key, None)
+            if value is not None:
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        rid = request_id.get()
+        prefix = f"[{rid}] " if rid else ""
+        line = f"{record.levelname:<7} {record.name}: {prefix}{record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def log_config(fmt: LogFormat = "json", level: str = "INFO") -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` for uvicorn and the app alike."""
+    formatter = JsonFormatter if fmt == "json" else TextFormatter
+    handler = {
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stderr",
+        "formatter": "main",
+        "filters": ["redact"],
     }
-    config["loggers"] = {
-        **LOGGING_CONFIG["loggers"],
-        "ledger": {"handlers": ["default"], "level": level, "propagate": False},
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"redact": {"()": RedactSecrets}},
+        "formatters": {"main": {"()": formatter}},
+        "handlers": {"main": handler},
+        "loggers": {
+            "uvicorn": {"handlers": ["main"], "level": level, "propagate": False},
+            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+            "ledger": {"handlers": ["main"], "level": level, "propagate": False},
+        },
+        "root": {"handlers": ["main"], "level": "WARNING"},
     }
-    return config

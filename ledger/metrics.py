@@ -28,11 +28,21 @@ CATCHUP_READS = Counter(
 LISTENER_RECONNECTS = Counter(
     "ledger_listener_reconnects_total", "Times the LISTEN connection was (re)established"
 )
-LISTENER_UP = Gauge("ledger_listener_up", "1 while the LISTEN connection is established")
+LISTENER_UP = Gauge(
+    "ledger_listener_up",
+    "1 while the LISTEN connection is established (summed over worker processes)",
+    multiprocess_mode="livesum",
+)
 QUEUE_OVERFLOWS = Counter(
     "ledger_queue_overflows_total", "Subscriber queues that overflowed and fell back to the table"
 )
 NOTIFICATIONS = Counter("ledger_notifications_total", "Notifications received by the listener")
+REQUEST_SECONDS = Histogram(
+    "ledger_request_seconds",
+    "Time to the response's first byte (headers), by route",
+    ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 
 
 def delivered(item: Item, transport: str) -> None:

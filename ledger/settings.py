@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = None
     jwt_leeway_seconds: int = Field(default=10, ge=0, le=300)
 
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
     heartbeat_seconds: float = Field(default=15.0, gt=0)
     # The `retry:` hint (milliseconds) sent to EventSource clients.
     retry_ms: int = Field(default=2000, ge=0)
@@ -45,6 +48,8 @@ class Settings(BaseSettings):
     # Per-subscriber bound; on overflow the subscriber reads from the table instead.
     subscriber_queue_size: int = Field(default=256, ge=1)
     pool_size: int = Field(default=10, ge=1)
+    # Set by `ledger serve --workers N` so /metrics adds up every worker's series.
+    metrics_dir: Path | None = Field(default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR")
     # How long the listener waits in silence before probing its connection.
     listener_probe_seconds: float = Field(default=5.0, gt=0)
 

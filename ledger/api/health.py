@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+)
 
 from ledger.api.deps import RuntimeDep
 
@@ -41,4 +47,10 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
 )
 async def prometheus_metrics(runtime: RuntimeDep) -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    """This process's series; with several workers, the sum over all of them."""
+    registry = REGISTRY
+    if runtime.settings.metrics_dir is not None:
+        registry = CollectorRegistry()
+        path = str(runtime.settings.metrics_dir)
+        multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
