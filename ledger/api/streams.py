@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Response, WebSocket
@@ -31,6 +32,7 @@ from ledger.feeds import Clock, GlobalFeed, Kind, SessionFeed, parse_last_event_
 from ledger.wire import ws_message
 
 log = logging.getLogger(__name__)
+FeedT = TypeVar("FeedT")
 router = APIRouter(tags=["streams"])
 
 LastEventIdQuery = Annotated[
@@ -53,6 +55,21 @@ STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+async def opened(
+    open_feed: Callable[[contextlib.ExitStack], Awaitable[FeedT]],
+) -> tuple[FeedT, contextlib.ExitStack]:
+    """Open a feed whose subscription lives in a fresh stack, released if opening fails.
+
+    On success the stack belongs to the response, which closes it when the stream ends.
+    """
+    stack = contextlib.ExitStack()
+    try:
+        return await open_feed(stack), stack
+    except BaseException:
+        stack.close()
+        raise
+
+
 @router.get(
     "/api/sessions/{session_id}/status/stream",
     response_class=Response,
@@ -68,9 +85,8 @@ async def session_stream(
 ) -> Response:
     start = parse_last_event_id(last_event_id_header, last_event_id)
     clock = Clock(runtime.settings.heartbeat_seconds, principal.expires_at)
-    stack = contextlib.ExitStack()
-    try:
-        feed = await SessionFeed.open(
+    feed, stack = await opened(
+        lambda stack: SessionFeed.open(
             runtime.store,
             runtime.hub,
             session.id,
@@ -79,9 +95,7 @@ async def session_stream(
             stack,
             access=assignment(principal, session.patient_id),
         )
-    except BaseException:
-        stack.close()
-        raise
+    )
     if feed is None:
         stack.close()
         return Response(status_code=204)
@@ -106,19 +120,16 @@ async def global_stream(
     require_read_all(principal)
     start = parse_last_event_id(last_event_id_header, last_event_id)
     clock = Clock(runtime.settings.heartbeat_seconds, principal.expires_at)
-    stack = contextlib.ExitStack()
-    try:
-        feed = await GlobalFeed.open(runtime.store, runtime.hub, start, clock, stack)
-    except BaseException:
-        stack.close()
-        raise
+    global_feed, stack = await opened(
+        lambda stack: GlobalFeed.open(runtime.store, runtime.hub, start, clock, stack)
+    )
     return FeedResponse(
-        feed.items(),
-        feed.sub,
+        global_feed.items(),
+        global_feed.sub,
         framing=global_framing,
         retry_ms=runtime.settings.retry_ms,
         on_close=stack.close,
-        initial_id=feed.last,
+        initial_id=global_feed.last,
     )
 
 
