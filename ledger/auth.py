@@ -155,3 +155,15 @@ def may_read_patient(principal: Principal, patient_id: str, *, assigned: bool) -
     if principal.role is Role.THERAPIST:
         return assigned
     return False
+
+
+def reader_scope(principal: Principal) -> dict[str, str]:
+    """Which sessions a listing may show: everything, one patient's, or a therapist's
+    assigned patients'. Roles that read nothing are refused."""
+    if principal.role in READ_ALL:
+        return {}
+    if principal.role is Role.PATIENT:
+        return {"patient_id": principal.subject}
+    if principal.role is Role.THERAPIST:
+        return {"therapist_id": principal.subject}
+    raise Forbidden("this role reads no sessions")

@@ -107,6 +107,42 @@ def _export(args: argparse.Namespace) -> int:
         return run(out)
 
 
+def _base_url(args: argparse.Namespace) -> str:
+    if args.url:
+        return str(args.url).rstrip("/")
+    settings = get_settings()
+    return f"http://{settings.host}:{settings.port}"
+
+
+def _token_for(args: argparse.Namespace, role: Role, subject: str) -> str:
+    """The given token, or one minted with the configured key (development)."""
+    if args.token:
+        return str(args.token)
+    settings = get_settings()
+    return TokenVerifier(settings, load_keys(settings)).mint(role, subject, 24 * 3600)
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from ledger.terminal import run_tail
+
+    token = _token_for(args, Role.AUDITOR, "tail")
+    return run_tail(_base_url(args), str(args.session), token, from_start=args.from_start)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ledger.terminal import demo
+
+    token = _token_for(args, Role.SERVICE, "demo-pipeline")
+    return demo(
+        _base_url(args),
+        token,
+        sessions=args.sessions,
+        pace=args.pace,
+        fail_rate=args.fail_rate,
+        seed=args.seed,
+    )
+
+
 def _bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -161,6 +197,24 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["ndjson", "csv"], default="ndjson")
     export.add_argument("--output", "-o", default=None, help="a file (default: stdout)")
     export.set_defaults(run=_export)
+
+    tail = commands.add_parser(
+        "tail", help="follow a session with a progress bar; exit 0 processed, 1 failed"
+    )
+    tail.add_argument("session", type=UUID)
+    tail.add_argument("--from-start", action="store_true", help="show the whole history first")
+    tail.add_argument("--url", default=None, help="default: http://LEDGER_HOST:LEDGER_PORT")
+    tail.add_argument("--token", default=None, help="default: minted with the configured key")
+    tail.set_defaults(run=_tail)
+
+    demo = commands.add_parser("demo", help="run simulated pipelines that append progress")
+    demo.add_argument("--sessions", type=int, default=5)
+    demo.add_argument("--pace", type=float, default=1.0, help="pause multiplier (0 = no pauses)")
+    demo.add_argument("--fail-rate", type=float, default=0.2)
+    demo.add_argument("--seed", type=int, default=None)
+    demo.add_argument("--url", default=None, help="default: http://LEDGER_HOST:LEDGER_PORT")
+    demo.add_argument("--token", default=None, help="default: minted with the configured key")
+    demo.set_defaults(run=_demo)
 
     bench = commands.add_parser("bench", help="run the benchmarks, write a JSON report")
     bench.add_argument("--quick", action="store_true", help="a tenth of the size")

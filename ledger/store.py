@@ -242,6 +242,53 @@ class Store:
             raise NotFound(f"session {session_id} not found")
         return SessionRecord(row.id, row.patient_id, row.created_at)
 
+    async def recent_sessions(
+        self,
+        limit: int,
+        *,
+        patient_id: str | None = None,
+        therapist_id: str | None = None,
+    ) -> list[tuple[SessionRecord, Event | None]]:
+        """The newest sessions (all, one patient's, or a therapist's patients') and their
+        latest events."""
+        latest = (
+            select(*EVENT_COLUMNS)
+            .where(events.c.session_id == sessions.c.id)
+            .order_by(events.c.version.desc())
+            .limit(1)
+            .lateral("latest")
+        )
+        stmt = (
+            select(
+                sessions.c.id.label("sid"),
+                sessions.c.patient_id.label("spatient"),
+                sessions.c.created_at.label("screated"),
+                *latest.c,
+            )
+            .select_from(sessions.outerjoin(latest, true()))
+            .order_by(sessions.c.created_at.desc(), sessions.c.id)
+            .limit(limit)
+        )
+        if patient_id is not None:
+            stmt = stmt.where(sessions.c.patient_id == patient_id)
+        if therapist_id is not None:
+            stmt = stmt.where(
+                sessions.c.patient_id.in_(
+                    select(care_assignments.c.patient_id).where(
+                        care_assignments.c.therapist_id == therapist_id
+                    )
+                )
+            )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [
+            (
+                SessionRecord(row.sid, row.spatient, row.screated),
+                None if row.version is None else event_from_row(row),
+            )
+            for row in rows
+        ]
+
     # -- appending --------------------------------------------------------------------
 
     async def append(

@@ -56,7 +56,10 @@ class Endpoint:
     streaming: bool = False
 
 
+LIST = {caller: {"anonymous": 401, "service": 403}.get(caller, 200) for caller in CALLERS}
+
 ENDPOINTS: dict[str, Endpoint] = {
+    "list sessions": Endpoint("GET", "/api/sessions", LIST),
     "register session": Endpoint("POST", "/api/sessions", APPEND, body={"patient_id": "pat-a"}),
     "append": Endpoint("POST", "/api/sessions/{own}/events", APPEND, body={"status": "queued"}),
     "append unknown": Endpoint(

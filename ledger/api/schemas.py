@@ -165,6 +165,14 @@ class StatusOut(BaseModel):
     recorded_at: str | None
 
 
+class SessionWithState(SessionOut):
+    state: StatusOut
+
+
+class SessionListOut(BaseModel):
+    sessions: list[SessionWithState]
+
+
 class PageOut(BaseModel):
     events: list[EventOut]
     next_after: int | None

@@ -27,12 +27,13 @@ from ledger.api.schemas import (
     EventOut,
     PageOut,
     SessionIn,
+    SessionListOut,
     SessionOut,
     SingleEventIn,
     StatusOut,
     error_responses,
 )
-from ledger.auth import require_append
+from ledger.auth import reader_scope, require_append
 from ledger.errors import BadRequest, Conflict, Unprocessable
 from ledger.feeds import status_body
 
@@ -58,6 +59,24 @@ IfMatch = Annotated[
         description='Expected current version, e.g. "3".',
     ),
 ]
+
+
+@router.get("", response_model=SessionListOut, responses=error_responses(401, 403))
+async def list_sessions(
+    runtime: RuntimeDep,
+    principal: CurrentPrincipal,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> JSONResponse:
+    """The newest sessions the caller may read, each with its current state."""
+    found = await runtime.store.recent_sessions(limit, **reader_scope(principal))
+    return JSONResponse(
+        {
+            "sessions": [
+                {**record.to_json(), "state": status_body(record.id, head)}
+                for record, head in found
+            ]
+        }
+    )
 
 
 @router.post(

@@ -1,0 +1,215 @@
+"""Python clients: ``Reporter`` for pipelines that append, ``follow`` for code that watches.
+
+Both are small wrappers over httpx that get the two hard parts right: a retried append
+never appends twice (every logical append carries one idempotency key across its
+retries), and a followed session is resumed after any disconnect exactly after the last
+event seen (``Last-Event-ID``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
+
+import httpx
+
+TokenSource = str | Callable[[], str]
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+TERMINAL_EVENTS = frozenset({"complete", "error"})
+
+
+class LedgerClientError(Exception):
+    """A request the ledger refused for good (bad input, no access, unknown session)."""
+
+    def __init__(self, status_code: int, detail: Any) -> None:
+        super().__init__(f"{status_code}: {detail}")
+        self.status_code = status_code
+        self.detail = detail
+
+
+def _token(source: TokenSource) -> str:
+    return source() if callable(source) else source
+
+
+def _detail(response: httpx.Response) -> Any:
+    try:
+        return response.json().get("detail")
+    except ValueError:
+        return response.text
+
+
+def backoff_delays(base: float, cap: float) -> Callable[[int], float]:
+    """Exponential backoff with full jitter: attempt n waits up to base * 2**n."""
+    return lambda attempt: random.uniform(0, min(cap, base * 2**attempt))
+
+
+class Reporter:
+    """Appends a session's progress, retrying through timeouts and outages safely.
+
+    >>> reporter = Reporter("http://127.0.0.1:8000", token, session_id)
+    >>> reporter.report("transcribing", 40, message="12 of 30 minutes")
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: TokenSource,
+        session_id: str | uuid.UUID,
+        *,
+        retries: int = 6,
+        backoff: float = 0.2,
+        max_backoff: float = 5.0,
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+        on_stored: Callable[[list[dict[str, Any]]], None] | None = None,
+    ) -> None:
+        self.session_id = str(session_id)
+        self.on_stored = on_stored
+        self.token = token
+        self.retries = retries
+        self.delay = backoff_delays(backoff, max_backoff)
+        self.http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> Reporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    @classmethod
+    def register(
+        cls,
+        base_url: str,
+        token: TokenSource,
+        patient_id: str,
+        *,
+        session_id: str | uuid.UUID | None = None,
+        **options: Any,
+    ) -> Reporter:
+        """Register a session (idempotent when you pass its id) and report on it."""
+        session = str(session_id or uuid.uuid4())
+        reporter = cls(base_url, token, session, **options)
+        response = reporter._send(
+            "POST", "/api/sessions", {"id": session, "patient_id": patient_id}, None
+        )
+        if response.status_code not in (201, 409):
+            raise LedgerClientError(response.status_code, _detail(response))
+        return reporter
+
+    def report(
+        self,
+        status: str,
+        progress: int | None = None,
+        *,
+        message: str | None = None,
+        error: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Append one event; returns it as stored."""
+        event: dict[str, Any] = {"status": status}
+        for key, value in (("progress", progress), ("message", message), ("error", error)):
+            if value is not None:
+                event[key] = value
+        if data:
+            event["data"] = dict(data)
+        return self.report_many([event])[0]
+
+    def report_many(self, events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Append several events atomically; returns them as stored."""
+        key = uuid.uuid4().hex
+        response = self._send("POST", f"/api/sessions/{self.session_id}/events", list(events), key)
+        if response.status_code != 201:
+            raise LedgerClientError(response.status_code, _detail(response))
+        stored: list[dict[str, Any]] = response.json()
+        if self.on_stored is not None:
+            self.on_stored(stored)
+        return stored
+
+    def _send(self, method: str, path: str, body: Any, key: str | None) -> httpx.Response:
+        attempt = 0
+        while True:
+            headers = {"Authorization": f"Bearer {_token(self.token)}"}
+            if key is not None:
+                headers["Idempotency-Key"] = key
+            try:
+                response = self.http.request(method, path, json=body, headers=headers)
+                if response.status_code not in RETRYABLE_STATUS or attempt >= self.retries:
+                    return response
+            except httpx.TransportError:
+                # Sent or not, the same key makes the retry safe.
+                if attempt >= self.retries:
+                    raise
+            time.sleep(self.delay(attempt))
+            attempt += 1
+
+
+async def follow(
+    base_url: str,
+    session_id: str | uuid.UUID,
+    token: TokenSource,
+    *,
+    last_event_id: int | None = None,
+    backoff: float = 0.2,
+    max_backoff: float = 5.0,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> AsyncIterator[dict[str, Any]]:
+    """Every event of a session, in order, each once, across any number of reconnects.
+
+    Starts after ``last_event_id`` (``0`` for the whole history, ``None`` for the current
+    state first) and ends after the terminal event (or at once when it was already seen).
+    Disconnects, server restarts and 5xx are retried with backoff; 4xx are raised. The
+    token may be a callable, asked again at every reconnect (for short-lived tokens).
+    """
+    delay = backoff_delays(backoff, max_backoff)
+    last = last_event_id
+    path = f"/api/sessions/{session_id}/status/stream"
+    timeout = httpx.Timeout(10.0, read=None)
+    async with httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport) as http:
+        attempt = 0
+        while True:
+            headers = {"Authorization": f"Bearer {_token(token)}"}
+            if last is not None:
+                headers["Last-Event-ID"] = str(last)
+            try:
+                async with http.stream("GET", path, headers=headers) as response:
+                    if response.status_code == 204:
+                        return
+                    if response.status_code == 200:
+                        attempt = 0
+                        async for kind, event_id, data in _messages(response):
+                            last = event_id
+                            yield data
+                            if kind in TERMINAL_EVENTS:
+                                return
+                    elif response.status_code not in RETRYABLE_STATUS:
+                        await response.aread()
+                        raise LedgerClientError(response.status_code, _detail(response))
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(delay(attempt))
+            attempt += 1
+
+
+async def _messages(response: httpx.Response) -> AsyncIterator[tuple[str, int, dict[str, Any]]]:
+    """(event, id, data) for each complete SSE message that carries data."""
+    kind, event_id = "message", None
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if line == "":
+            if data and event_id is not None:
+                yield kind, int(event_id), json.loads("\n".join(data))
+            kind, event_id, data = "message", None, []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+        elif line.startswith("event:"):
+            kind = line[6:].strip()
+        elif line.startswith("id:"):
+            event_id = line[3:].strip()
