@@ -16,6 +16,7 @@ from ledger.api import (
     assignments,
     audit,
     cookies,
+    dashboard,
     errors,
     events,
     health,
@@ -102,6 +103,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     _refine_openapi(app)
     for module in (sessions, events, streams, audit, analytics, assignments, cookies, health):
         app.include_router(module.router)
+    dashboard.install(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -1,0 +1,98 @@
+// ledger-client.js: follow a ledger session (or all sessions) with the browser's native
+// EventSource, without dependencies.
+//
+//   import { LedgerStream } from "/static/ledger-client.js";
+//   const stream = new LedgerStream(`/api/sessions/${id}/status/stream`, {
+//     token,                       // or tokenProvider: () => freshToken()
+//     lastEventId: 0,              // optional: replay after this id (0 = everything)
+//     onEvent(event) {},           // every progress / complete / error event, in order
+//     onReset(state) {},           // the server's history is shorter than ours: start over
+//     onComplete(event) {},        // processed: the stream is closed
+//     onFailed(event) {},          // failed (a server-sent `error` event WITH data): closed
+//     onConnectionError() {},      // the network hiccuped (no data); EventSource retries
+//   });
+//   stream.lastEventId; stream.close();
+//
+// A server-sent `error` event is a failed job and carries the event as data; the browser's
+// own `error` event (a lost connection) carries none. They share a name on EventSource, so
+// this module tells them apart. After `complete` or `error` the stream is closed for good.
+// When the browser gives up (the token expired: 401 closes EventSource), a tokenProvider
+// lets the stream reopen with a fresh token from the last event it saw.
+
+export class LedgerStream {
+  constructor(path, options = {}) {
+    this.path = path;
+    this.options = options;
+    this.lastEventId = options.lastEventId ?? null;
+    this.finished = false;
+    this.opens = 0;
+    this.source = null;
+    this.#open();
+  }
+
+  get readyState() {
+    return this.source ? this.source.readyState : EventSource.CLOSED;
+  }
+
+  close() {
+    this.finished = true;
+    if (this.source) this.source.close();
+  }
+
+  #token() {
+    const { token, tokenProvider } = this.options;
+    return tokenProvider ? tokenProvider() : token;
+  }
+
+  #open() {
+    const url = new URL(this.path, window.location.href);
+    const token = this.#token();
+    if (token) url.searchParams.set("access_token", token);
+    if (this.lastEventId !== null) url.searchParams.set("last_event_id", String(this.lastEventId));
+    const source = new EventSource(url);
+    this.source = source;
+    const call = (name, value) => this.options[name] && this.options[name](value);
+
+    source.addEventListener("open", () => {
+      this.opens += 1;
+      call("onOpen");
+    });
+    const deliver = (message) => {
+      if (this.finished) return null;
+      if (message.lastEventId !== "") this.lastEventId = Number(message.lastEventId);
+      const event = JSON.parse(message.data);
+      call("onEvent", event);
+      return event;
+    };
+    source.addEventListener("progress", deliver);
+    source.addEventListener("complete", (message) => {
+      const event = deliver(message);
+      this.close();
+      if (event) call("onComplete", event);
+    });
+    source.addEventListener("reset", (message) => {
+      this.lastEventId = Number(message.lastEventId);
+      call("onReset", JSON.parse(message.data));
+    });
+    source.addEventListener("error", (message) => {
+      if (message.data) {
+        // A failed job: the server sent the event.
+        const event = deliver(message);
+        this.close();
+        if (event) call("onFailed", event);
+        return;
+      }
+      call("onConnectionError");
+      if (source.readyState === EventSource.CLOSED && !this.finished && this.options.tokenProvider) {
+        // The browser gave up (an HTTP error such as an expired token): reopen, resuming.
+        setTimeout(() => { if (!this.finished) this.#open(); }, 1000);
+      }
+    });
+  }
+}
+
+export function sessionPath(sessionId) {
+  return `/api/sessions/${encodeURIComponent(sessionId)}/status/stream`;
+}
+
+export const ALL_EVENTS_PATH = "/api/events/stream";
