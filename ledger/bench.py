@@ -12,11 +12,13 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +32,7 @@ from rich.table import Table
 
 from ledger.auth import Role, TokenVerifier, load_keys
 from ledger.db import libpq_url, resolve_database_url, sqlalchemy_url
+from ledger.loadgen import raise_fd_limit
 from ledger.migrate import upgrade
 from ledger.serverproc import ServerProcess
 from ledger.settings import Settings
@@ -51,6 +54,7 @@ class Figure:
     baseline_label: str | None = None
     target: str | None = None
     met: bool | None = None
+    notes: dict[str, Any] | None = None
 
 
 def machine() -> dict[str, Any]:
@@ -123,9 +127,13 @@ def seed(url: str, events: int) -> None:
         conn.execute("ANALYZE")
 
 
+def bench_token() -> str:
+    settings = Settings(jwt_secret=SECRET)
+    return TokenVerifier(settings, load_keys(settings)).mint(Role.ADMIN, "bench", 3600)
+
+
 def analytics_figures(server: ServerProcess, url: str, events: int) -> list[Figure]:
-    verifier = TokenVerifier(Settings(jwt_secret=SECRET), load_keys(Settings(jwt_secret=SECRET)))
-    headers = {"Authorization": f"Bearer {verifier.mint(Role.AUDITOR, 'bench', 3600)}"}
+    headers = {"Authorization": f"Bearer {bench_token()}"}
     window = {
         "from": SEED_START.isoformat(),
         "to": (SEED_START + timedelta(days=SEED_DAYS + 1)).isoformat(),
@@ -159,6 +167,288 @@ def analytics_figures(server: ServerProcess, url: str, events: int) -> list[Figu
                     met=seconds <= 2.0 if name == "summary" else None,
                 )
             )
+    return figures
+
+
+def loadgen(scenario: str, **params: Any) -> dict[str, Any]:
+    """Run the load generator in its own process; its last line is the result."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ledger.loadgen", scenario, json.dumps(params)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def commits(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def new_sessions(client: httpx.Client, count: int) -> list[str]:
+    return [
+        client.post("/api/sessions", json={"patient_id": "bench"}).raise_for_status().json()["id"]
+        for _ in range(count)
+    ]
+
+
+def psycopg_single_inserts(url: str, writers: int, seconds: float) -> float:
+    """Baseline: one INSERT per transaction, ``writers`` connections, events per second."""
+    counts = [0] * writers
+    deadline = time.monotonic() + seconds
+
+    def write(index: int) -> None:
+        session = uuid.uuid4()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO sessions (id, patient_id) VALUES (%s, 'baseline')", (session,)
+            )
+            while time.monotonic() < deadline:
+                counts[index] += 1
+                conn.execute(
+                    "INSERT INTO events (session_id, version, type, status, progress, actor,"
+                    " recorded_at, prev_hash, hash) VALUES (%s, %s, 'progress', 'transcribing',"
+                    " 50, 'baseline', clock_timestamp(), repeat('0', 64), repeat('0', 64))",
+                    (session, counts[index]),
+                )
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(writers) as pool:
+        list(pool.map(write, range(writers)))
+    return sum(counts) / (time.monotonic() - started)
+
+
+COPY_EVENTS = (
+    "COPY events (session_id, version, type, status, progress, actor, recorded_at,"
+    " prev_hash, hash) FROM STDIN"
+)
+
+
+def psycopg_copy(url: str, batch: int, seconds: float) -> float:
+    """Baseline: COPY ``batch`` rows per transaction on one connection, events per second."""
+    session = uuid.uuid4()
+    total = 0
+    with psycopg.connect(url) as conn:
+        conn.execute("INSERT INTO sessions (id, patient_id) VALUES (%s, 'baseline')", (session,))
+        conn.commit()
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            columns = (
+                "session_id, version, type, status, progress, actor, recorded_at, prev_hash, hash"
+            )
+            with conn.cursor().copy(f"COPY events ({columns}) FROM STDIN") as copy:
+                now = datetime.now(UTC)
+                for _ in range(batch):
+                    total += 1
+                    copy.write_row(
+                        (
+                            session,
+                            total,
+                            "progress",
+                            "transcribing",
+                            50,
+                            "baseline",
+                            now,
+                            "0" * 64,
+                            "0" * 64,
+                        )
+                    )
+            conn.commit()
+        return total / (time.monotonic() - started)
+
+
+def seed_replay_session(url: str, count: int) -> str:
+    session = uuid.uuid4()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO sessions (id, patient_id) VALUES (%s, 'replay')", (session,))
+        conn.execute(
+            """
+            INSERT INTO events (session_id, version, type, status, progress, message, actor,
+                                recorded_at, prev_hash, hash)
+            SELECT %s, v, 'progress', 'transcribing', v %% 100, 'replayed event', 'bench',
+                   clock_timestamp(), repeat('0', 64), repeat('0', 64)
+            FROM generate_series(1, %s) AS v
+            """,
+            (session, count),
+        )
+    return str(session)
+
+
+def psycopg_select(url: str, session: str) -> float:
+    started = time.monotonic()
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT * FROM events WHERE session_id = %s ORDER BY version", (session,)
+        ).fetchall()
+    return len(rows) / (time.monotonic() - started)
+
+
+def streaming_figures(server: ServerProcess, url: str, token: str, quick: bool) -> list[Figure]:
+    scale = 10 if quick else 1
+    seconds = 4.0 if quick else 10.0
+    base = {"host": "127.0.0.1", "port": server.port, "token": token}
+    assert server.process is not None
+    figures: list[Figure] = []
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=server.base_url, headers=headers) as client:
+        sessions = new_sessions(client, 100)
+
+    # Appends: single events, 16 writers, beside psycopg doing the same INSERTs.
+    single = loadgen(
+        "appends", **base, sessions=sessions[:16], writers=16, seconds=seconds, batch=1
+    )
+    baseline = psycopg_single_inserts(url, 16, seconds)
+    figures.append(
+        Figure(
+            scenario="appends over HTTP, 16 writers",
+            metric="single events/s",
+            value=round(single["events_per_second"]),
+            unit="ev/s",
+            baseline=round(baseline),
+            baseline_label="psycopg, one INSERT per transaction, 16 connections",
+            target=">= 25% of baseline",
+            met=single["events_per_second"] >= 0.25 * baseline,
+            notes={"client_cpu_percent": single["client_cpu_percent"]},
+        )
+    )
+    batched = loadgen(
+        "appends", **base, sessions=sessions[16:20], writers=4, seconds=seconds, batch=100
+    )
+    copy = psycopg_copy(url, 100, seconds)
+    figures.append(
+        Figure(
+            scenario="appends over HTTP, 100 per request, 4 writers",
+            metric="events/s",
+            value=round(batched["events_per_second"]),
+            unit="ev/s",
+            baseline=round(copy),
+            baseline_label="psycopg COPY, 100 rows per transaction",
+            target=">= 20,000 ev/s",
+            met=batched["events_per_second"] >= 20_000,
+            notes={"client_cpu_percent": batched["client_cpu_percent"]},
+        )
+    )
+
+    # Replay from 0.
+    count = 100_000 // scale
+    session = seed_replay_session(url, count)
+    replayed = loadgen("replay", **base, session=session, count=count)
+    figures.append(
+        Figure(
+            scenario=f"replay from 0, {count:,}-event session",
+            metric="events/s delivered",
+            value=round(replayed["events_per_second"]),
+            unit="ev/s",
+            baseline=round(psycopg_select(url, session)),
+            baseline_label="psycopg SELECT of the same rows",
+            target=">= 50,000 ev/s",
+            met=replayed["events_per_second"] >= 50_000,
+            notes={"client_cpu_percent": replayed["client_cpu_percent"]},
+        )
+    )
+
+    # Idle subscribers: memory per connection and database transactions per second.
+    connections = 2000 // scale
+    before = rss_kib(server.process.pid)
+    params = {**base, "sessions": sessions, "connections": connections, "hold": 30.0}
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "ledger.loadgen", "idle", json.dumps(params)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    holder.stdout.readline()  # {"ready": N}: every stream got its opening message
+    time.sleep(3)
+    per_connection = (rss_kib(server.process.pid) - before) / connections
+    c0 = commits(url)
+    time.sleep(seconds)
+    idle_qps = (commits(url) - c0 - 1) / seconds
+    holder.kill()
+    holder.wait()
+    figures.append(
+        Figure(
+            scenario=f"{connections:,} idle SSE connections",
+            metric="server memory per connection",
+            value=round(per_connection, 1),
+            unit="KiB",
+            target="<= 30 KiB",
+            met=per_connection <= 30,
+        )
+    )
+
+    # Latency: subscribers over 100 sessions at 100 appends/s, beside 2-second polling.
+    subscribers = 1000 // scale
+    rate = 100 / scale
+    c0 = commits(url)
+    polled = loadgen(
+        "latency", **base, sessions=sessions, subscribers=subscribers, rate=rate,
+        seconds=seconds, poll_interval=2.0,
+    )  # fmt: skip
+    polling_qps = (commits(url) - c0) / (seconds + 3)
+    figures.append(
+        Figure(
+            scenario=f"{subscribers:,} idle subscribers",
+            metric="database transactions/s",
+            value=round(idle_qps, 2),
+            unit="/s",
+            baseline=round(polling_qps, 1),
+            baseline_label="the same subscribers polling every 2 s, during appends",
+            target="<= 1 /s",
+            met=idle_qps <= 1,
+        )
+    )
+    streamed = loadgen(
+        "latency", **base, sessions=sessions, subscribers=subscribers, rate=rate,
+        seconds=seconds, poll_interval=None,
+    )  # fmt: skip
+    for name, target in (("p50_ms", 10), ("p99_ms", 50)):
+        figures.append(
+            Figure(
+                scenario=(
+                    f"commit to receipt, {subscribers:,} SSE subscribers over 100 sessions, "
+                    f"{rate:g} appends/s"
+                ),
+                metric=name,
+                value=round(streamed[name], 2),
+                unit="ms",
+                baseline=round(polled[name], 1),
+                baseline_label="2-second polling",
+                target=f"<= {target} ms",
+                met=streamed[name] <= target,
+                notes={
+                    "received": streamed["received"],
+                    "client_cpu_percent": streamed["client_cpu_percent"],
+                },
+            )
+        )
+    one = loadgen(
+        "latency", **base, sessions=sessions[:1], subscribers=subscribers, rate=10,
+        seconds=seconds, poll_interval=None,
+    )  # fmt: skip
+    figures.append(
+        Figure(
+            scenario=f"commit to receipt, {subscribers:,} SSE subscribers on one session",
+            metric="p99_ms at 10 appends/s",
+            value=round(one["p99_ms"], 2),
+            unit="ms",
+            target="<= 100 ms",
+            met=one["p99_ms"] <= 100,
+            notes={"received": one["received"], "client_cpu_percent": one["client_cpu_percent"]},
+        )
+    )
     return figures
 
 
@@ -199,10 +489,12 @@ def run(settings: Settings, *, quick: bool, output: Path) -> int:
         started = time.perf_counter()
         seed(url, events)
         console.print(f"seeded in {time.perf_counter() - started:.1f} s")
+        raise_fd_limit()  # thousands of streams, in the server process too
         with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
             server = ServerProcess(url, Path(tmp), env={"LEDGER_JWT_SECRET": SECRET}).start()
             try:
                 results = analytics_figures(server, url, events)
+                results += streaming_figures(server, url, bench_token(), quick)
             finally:
                 server.stop()
     finally:

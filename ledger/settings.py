@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     max_page_size: int = Field(default=1000, ge=1)
     # Per-subscriber bound; on overflow the subscriber reads from the table instead.
     subscriber_queue_size: int = Field(default=256, ge=1)
-    pool_size: int = Field(default=10, ge=1)
+    pool_size: int = Field(default=20, ge=1)
     # Set by `ledger serve --workers N` so /metrics adds up every worker's series.
     metrics_dir: Path | None = Field(default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR")
     # How long the listener waits in silence before probing its connection.
