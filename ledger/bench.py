@@ -182,19 +182,25 @@ def loadgen(scenario: str, **params: Any) -> dict[str, Any]:
     return result
 
 
+def series(server: ServerProcess, name: str) -> float:
+    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    return next(
+        float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")
+    )
+
+
 def settle(server: ServerProcess, quiet_seconds: float = 2.0) -> None:
     """Wait until the streams' first catch-up reads are over (the counter stops moving)."""
     last, still_since = -1.0, time.monotonic()
     while time.monotonic() - still_since < quiet_seconds:
-        text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
-        value = next(
-            float(line.split()[-1])
-            for line in text.splitlines()
-            if line.startswith("ledger_catchup_reads_total ")
-        )
+        value = series(server, "ledger_catchup_reads_total")
         if value != last:
             last, still_since = value, time.monotonic()
         time.sleep(0.5)
+
+
+# Checkout, advisory lock, head, insert, notify: counted by the server per single append.
+STATEMENTS_PER_APPEND = 5
 
 
 def rss_kib(pid: int) -> int:
@@ -202,15 +208,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def commits(url: str) -> int:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SELECT pg_stat_clear_snapshot()")
-        row = conn.execute(
-            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
-        ).fetchone()
-    return int(row[0]) if row else 0
 
 
 def new_sessions(client: httpx.Client, count: int) -> list[str]:
@@ -392,9 +389,9 @@ def streaming_figures(server: ServerProcess, url: str, token: str, quick: bool) 
     holder.stdout.readline()  # {"ready": N}: every stream got its opening message
     settle(server)  # each new stream reads the table once; measure the idle state after
     per_connection = (rss_kib(server.process.pid) - before) / connections
-    c0 = commits(url)
+    s0 = series(server, "ledger_db_statements_total")
     time.sleep(seconds)
-    idle_qps = (commits(url) - c0 - 1) / seconds
+    idle_qps = (series(server, "ledger_db_statements_total") - s0) / seconds
     holder.kill()
     holder.wait()
     figures.append(
@@ -411,20 +408,24 @@ def streaming_figures(server: ServerProcess, url: str, token: str, quick: bool) 
     # Latency: subscribers over 100 sessions at 100 appends/s, beside 2-second polling.
     subscribers = 1000 // scale
     rate = 100 / scale
-    c0 = commits(url)
+    s0 = series(server, "ledger_db_statements_total")
+    started = time.monotonic()
     polled = loadgen(
         "latency", **base, sessions=sessions, subscribers=subscribers, rate=rate,
         seconds=seconds, poll_interval=2.0,
     )  # fmt: skip
-    polling_qps = (commits(url) - c0) / (seconds + 3)
+    appends_during = polled["appends"] * STATEMENTS_PER_APPEND
+    polling_qps = (series(server, "ledger_db_statements_total") - s0 - appends_during) / (
+        time.monotonic() - started
+    )
     figures.append(
         Figure(
             scenario=f"{connections:,} idle SSE subscribers",
-            metric="database transactions/s",
+            metric="SQL statements/s sent by the server",
             value=round(idle_qps, 2),
             unit="/s",
             baseline=round(polling_qps, 1),
-            baseline_label="the same subscribers polling every 2 s, during appends",
+            baseline_label=f"{subscribers:,} subscribers polling every 2 s (appends' own removed)",
             target="<= 1 /s",
             met=idle_qps <= 1,
         )

@@ -255,6 +255,7 @@ class Hub:
             if received == 0:
                 # Silence: make sure the connection is still alive rather than assume it.
                 async with asyncio.timeout(self.probe_seconds):
+                    metrics.DB_STATEMENTS.inc()
                     await conn.execute("SELECT 1")
             if conn.closed:
                 raise psycopg.OperationalError("the LISTEN connection was closed")

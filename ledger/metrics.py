@@ -37,6 +37,10 @@ QUEUE_OVERFLOWS = Counter(
     "ledger_queue_overflows_total", "Subscriber queues that overflowed and fell back to the table"
 )
 NOTIFICATIONS = Counter("ledger_notifications_total", "Notifications received by the listener")
+DB_STATEMENTS = Counter(
+    "ledger_db_statements_total",
+    "SQL statements this process sent to PostgreSQL (pool and listener, pings included)",
+)
 REQUEST_SECONDS = Histogram(
     "ledger_request_seconds",
     "Time to the response's first byte (headers), by route",

@@ -114,6 +114,7 @@ def test_metrics_move(server_factory: Callable[..., LiveServer], database_url: s
     assert read("ledger_catchup_reads_total") > before["catchup"]
     assert read("ledger_notifications_total") > before["notifications"]
     assert read("ledger_delivery_lag_seconds_count") >= 1
+    assert read("ledger_db_statements_total") > 0
     route = 'method="POST",route="/api/sessions/{session_id}/events",status="201"'
     assert read("ledger_request_seconds_count", route) == 1
     with psycopg.connect(database_url, autocommit=True) as admin:
