@@ -31,10 +31,6 @@ class Conflict(LedgerError):
     status_code = 409
 
 
-class PayloadTooLarge(LedgerError):
-    status_code = 413
-
-
 class Unprocessable(LedgerError):
     status_code = 422
 

@@ -80,13 +80,28 @@ class Clock:
         return self.expires_at is not None and time.time() >= self.expires_at
 
 
-async def _wait(sub: Subscription, budget: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(budget):
-            await sub.wake.wait()
+class _Feed:
+    """What both feeds share: a subscription, a clock, and how they rest between sends."""
+
+    sub: Subscription
+    clock: Clock
+
+    def _open(self) -> bool:
+        return not self.sub.closed and not self.clock.expired()
+
+    async def _rest(self, sent_at: float, cap: float | None = None) -> bool:
+        """Wait for the hub's wake-up, at most until a heartbeat is due (or ``cap``);
+        True when the wait ran out and a heartbeat should go out now."""
+        budget = self.clock.wait_budget(sent_at)
+        if cap is not None:
+            budget = min(budget, cap)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(budget):
+                await self.sub.wake.wait()
+        return not self.sub.wake.is_set() and self.clock.heartbeat_due(sent_at) and self._open()
 
 
-class SessionFeed:
+class SessionFeed(_Feed):
     """One session's stream from ``after`` (exclusive), then live until a terminal event."""
 
     def __init__(
@@ -194,20 +209,16 @@ class SessionFeed:
             self.sub.wake.clear()
             if self.sub.frames or self.sub.needs_catchup:
                 continue
-            await _wait(self.sub, self.clock.wait_budget(sent_at))
-            if not self.sub.wake.is_set() and self.clock.heartbeat_due(sent_at) and self._open():
+            if await self._rest(sent_at):
                 yield HEARTBEAT_ITEM
                 sent_at = time.monotonic()
-
-    def _open(self) -> bool:
-        return not self.sub.closed and not self.clock.expired()
 
     def _emit(self, encoded: Encoded, *, live: bool = False) -> Item:
         self.last = encoded.event.version
         return Item(Kind.EVENT, encoded, live=live)
 
 
-class GlobalFeed:
+class GlobalFeed(_Feed):
     """Every session's events in commit-safe order, resumable by global position."""
 
     def __init__(self, store: Store, sub: Subscription, clock: Clock, *, after: int) -> None:
@@ -254,22 +265,13 @@ class GlobalFeed:
             self.sub.wake.clear()
             if self.sub.needs_catchup:
                 continue
-            budget = self.clock.wait_budget(sent_at)
-            if held_back:
-                # A committed event waits behind an older open transaction, which may end
-                # without any notification: look again soon.
-                budget = min(budget, HELD_BACK_RETRY_SECONDS)
-            await _wait(self.sub, budget)
-            if self.sub.wake.is_set():
-                continue
-            if self.clock.heartbeat_due(sent_at) and self._open():
+            # While a committed event waits behind an older open transaction (which may end
+            # without any notification), look again soon.
+            if await self._rest(sent_at, HELD_BACK_RETRY_SECONDS if held_back else None):
                 yield HEARTBEAT_ITEM
                 sent_at = time.monotonic()
             if held_back:
                 self.sub.catch_up()
-
-    def _open(self) -> bool:
-        return not self.sub.closed and not self.clock.expired()
 
 
 def state_json(session_id: UUID, head: Event | None) -> str:

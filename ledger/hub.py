@@ -102,7 +102,6 @@ class Hub:
         self._pending: dict[UUID, tuple[int, int]] = {}
         self._dispatching: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
-        self._connection: psycopg.AsyncConnection[object] | None = None
         self._listening = asyncio.Event()
         self._closing = False
         self._revalidating: asyncio.Task[None] | None = None
@@ -112,10 +111,6 @@ class Hub:
     @property
     def listening(self) -> bool:
         return self._listening.is_set()
-
-    @property
-    def subscriber_count(self) -> int:
-        return len(self._global) + sum(len(s) for s in self._sessions.values())
 
     @contextlib.contextmanager
     def subscribe(
@@ -199,13 +194,6 @@ class Hub:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if self._connection is not None:
-            await self._connection.close()
-
-    async def drop_connection(self) -> None:
-        """Close the LISTEN connection as a fault would (used by fault tests and probes)."""
-        if self._connection is not None:
-            await self._connection.close()
 
     async def _listen_forever(self) -> None:
         backoff = 0.1
@@ -221,7 +209,6 @@ class Hub:
                     keepalives_interval=5,
                     keepalives_count=3,
                 ) as conn:
-                    self._connection = conn
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     await conn.execute(f"LISTEN {ACCESS_CHANNEL}")
                     self._listening.set()
@@ -239,7 +226,6 @@ class Hub:
             finally:
                 self._listening.clear()
                 metrics.LISTENER_UP.set(0)
-                self._connection = None
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 

@@ -88,10 +88,10 @@ class BucketFigures:
 @dataclass(frozen=True, slots=True)
 class ChainReport:
     session_id: UUID
-    events: int
-    head_hash: str | None
-    first_bad_version: int | None
-    reason: str | None
+    events: int = 0
+    head_hash: str | None = None
+    first_bad_version: int | None = None
+    reason: str | None = None
 
     @property
     def ok(self) -> bool:

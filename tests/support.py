@@ -337,3 +337,19 @@ def receive_all(ws: ClientConnection) -> list[dict[str, Any]]:
                 messages.append(message)
     except ConnectionClosed:
         return messages
+
+
+def backends(database_url: str, application_name: str | None = None) -> int:
+    """Connections other than this one to the database (only one application's, if given)."""
+    query = (
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    params: tuple[str, ...] = ()
+    if application_name is not None:
+        query += " AND application_name = %s"
+        params = (application_name,)
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return int(row[0])

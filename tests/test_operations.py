@@ -21,6 +21,7 @@ from tests.support import (
     LiveServer,
     append,
     auth,
+    backends,
     create_session,
     iter_sse,
     metric,
@@ -28,17 +29,6 @@ from tests.support import (
     take,
     wait_until,
 )
-
-
-def listeners(database_url: str) -> int:
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE application_name = %s AND datname = current_database()",
-            (LISTENER_NAME,),
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def test_workers_share_a_port_each_with_one_listener(database_url: str, tmp_path: Path) -> None:
@@ -58,7 +48,7 @@ def test_workers_share_a_port_each_with_one_listener(database_url: str, tmp_path
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        assert wait_until(lambda: listeners(database_url) == 2, timeout=30)
+        assert wait_until(lambda: backends(database_url, LISTENER_NAME) == 2, timeout=30)
         with httpx.Client(base_url=base, timeout=10) as client:
             session_id = create_session(client)
             assert all(client.get("/readyz").status_code == 200 for _ in range(10))
@@ -77,7 +67,7 @@ def test_workers_share_a_port_each_with_one_listener(database_url: str, tmp_path
     finally:
         parent.send_signal(signal.SIGTERM)
         assert parent.wait(30) == 0
-    assert wait_until(lambda: listeners(database_url) == 0)
+    assert wait_until(lambda: backends(database_url, LISTENER_NAME) == 0)
 
 
 def series(live: LiveServer) -> Callable[..., float]:

@@ -7,13 +7,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psycopg
 from websockets.sync.client import connect
 
 from tests.support import (
     LiveServer,
     append,
     auth,
+    backends,
     create_session,
     iter_sse,
     metric,
@@ -23,16 +23,6 @@ from tests.support import (
 )
 
 CLIENTS = 40
-
-
-def connections(database_url: str) -> int:
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def subscribers(live: LiveServer) -> float:
@@ -69,11 +59,11 @@ def test_disconnects_leave_nothing_behind(
         append(client, session_id, {"status": "queued"})
     churn(live, session_id)  # warms the pool up to its size
     assert wait_until(lambda: subscribers(live) == 0)
-    baseline = connections(database_url)
+    baseline = backends(database_url)
     for _ in range(3):
         churn(live, session_id)
         assert wait_until(lambda: subscribers(live) == 0)
-    assert connections(database_url) == baseline == 4 + 1  # the pool and the listener
+    assert backends(database_url) == baseline == 4 + 1  # the pool and the listener
 
 
 def rss_kib(pid: int) -> int:

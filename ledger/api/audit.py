@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from ledger.api.deps import CurrentPrincipal, RuntimeDep
 from ledger.api.schemas import error_responses
 from ledger.auth import require_read_all
+from ledger.reporting import ChainReport
 
 router = APIRouter(prefix="/api/sessions", tags=["audit"])
 
@@ -37,20 +38,13 @@ async def verify_session(
     """
     require_read_all(principal)
     session = await runtime.store.get_session(session_id)
-    async for report in runtime.reporting.verify(session.id):
-        return VerifyOut(
-            session_id=session.id,
-            ok=report.ok,
-            events=report.events,
-            head_hash=report.head_hash,
-            first_bad_version=report.first_bad_version,
-            reason=report.reason,
-        )
+    # No events yet is an empty, intact chain.
+    report = await anext(aiter(runtime.reporting.verify(session.id)), ChainReport(session.id))
     return VerifyOut(
         session_id=session.id,
-        ok=True,
-        events=0,
-        head_hash=None,
-        first_bad_version=None,
-        reason=None,
+        ok=report.ok,
+        events=report.events,
+        head_hash=report.head_hash,
+        first_bad_version=report.first_bad_version,
+        reason=report.reason,
     )

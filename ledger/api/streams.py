@@ -29,6 +29,7 @@ from ledger.api.sse import FeedResponse, global_framing, session_framing
 from ledger.auth import Principal, Role, require_read_all
 from ledger.errors import Forbidden, LedgerError
 from ledger.feeds import Clock, GlobalFeed, Kind, SessionFeed, parse_last_event_id
+from ledger.store import SessionRecord
 from ledger.wire import ws_message
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,29 @@ async def opened(
         raise
 
 
+async def open_session_feed(
+    runtime: Runtime, principal: Principal, session: SessionRecord, start: int | None
+) -> tuple[SessionFeed | None, contextlib.ExitStack]:
+    """The session feed both transports use, with the stream's clock and access rule."""
+    clock = Clock(runtime.settings.heartbeat_seconds, principal.expires_at)
+    return await opened(
+        lambda stack: SessionFeed.open(
+            runtime.store,
+            runtime.hub,
+            session.id,
+            start,
+            clock,
+            stack,
+            access=assignment(principal, session.patient_id),
+        )
+    )
+
+
+async def _deny(websocket: WebSocket, status_code: int, detail: str) -> None:
+    """Refuse before the upgrade with a real HTTP answer."""
+    await websocket.send_denial_response(JSONResponse({"detail": detail}, status_code=status_code))
+
+
 @router.get(
     "/api/sessions/{session_id}/status/stream",
     response_class=Response,
@@ -84,18 +108,7 @@ async def session_stream(
     access_token: AccessTokenQuery = None,
 ) -> Response:
     start = parse_last_event_id(last_event_id_header, last_event_id)
-    clock = Clock(runtime.settings.heartbeat_seconds, principal.expires_at)
-    feed, stack = await opened(
-        lambda stack: SessionFeed.open(
-            runtime.store,
-            runtime.hub,
-            session.id,
-            start,
-            clock,
-            stack,
-            access=assignment(principal, session.patient_id),
-        )
-    )
+    feed, stack = await open_session_feed(runtime, principal, session, start)
     if feed is None:
         stack.close()
         return Response(status_code=204)
@@ -141,33 +154,17 @@ async def session_ws(websocket: WebSocket, session_id: UUID) -> None:
     can tell them apart; after the terminal event the socket closes with code 1000.
     """
     runtime: Runtime = get_runtime(websocket)
-    stack = contextlib.ExitStack()
     try:
         check_origin(websocket, runtime.settings.cors_origins)
         principal = authenticate_stream(websocket, runtime)
         session = await check_read(runtime, principal, session_id)
         start = parse_last_event_id(None, websocket.query_params.get("last_event_id"))
-        clock = Clock(runtime.settings.heartbeat_seconds, principal.expires_at)
-        feed = await SessionFeed.open(
-            runtime.store,
-            runtime.hub,
-            session_id,
-            start,
-            clock,
-            stack,
-            access=assignment(principal, session.patient_id),
-        )
+        feed, stack = await open_session_feed(runtime, principal, session, start)
     except LedgerError as exc:
-        stack.close()
-        await websocket.send_denial_response(
-            JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
-        )
+        await _deny(websocket, exc.status_code, exc.detail)
         return
     except SQLAlchemyError:
-        stack.close()
-        await websocket.send_denial_response(
-            JSONResponse({"detail": "database unavailable, retry shortly"}, status_code=503)
-        )
+        await _deny(websocket, 503, "database unavailable, retry shortly")
         return
     with stack:
         await websocket.accept()
@@ -192,7 +189,7 @@ async def session_ws(websocket: WebSocket, session_id: UUID) -> None:
                         close_code, reason = 1000, "complete"
             if close_code != 1000 and feed.sub.revoked:
                 close_code, reason = 1008, "access revoked"
-            elif close_code != 1000 and clock.expired():
+            elif close_code != 1000 and feed.clock.expired():
                 close_code, reason = 1008, "token expired: reconnect with a fresh one"
             await websocket.close(close_code, reason)
         except (WebSocketDisconnect, OSError, RuntimeError):
