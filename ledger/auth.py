@@ -22,6 +22,10 @@ from ledger.settings import Settings
 
 SECRET_FILE = "jwt-secret"
 MAX_TOKEN_BYTES = 8192
+# Verified tokens remembered per process: a writer or a reconnecting browser sends the same
+# token again and again, and checking a signature costs more than the rest of the request's
+# authentication. Bounded; cleared whole when full.
+VERIFIED_CACHE_SIZE = 4096
 
 
 class Role(StrEnum):
@@ -86,8 +90,27 @@ class TokenVerifier:
         self.audience = settings.jwt_audience
         self.issuer = settings.jwt_issuer
         self.leeway = settings.jwt_leeway_seconds
+        self._verified: dict[str, Principal] = {}
 
     def verify(self, token: str) -> Principal:
+        """The token's principal; a token seen before skips the signature, not the expiry.
+
+        Only a token that passed every check is remembered, and what can change with time
+        (``exp``) is checked on every use; a passed ``nbf`` stays passed.
+        """
+        known = self._verified.get(token)
+        if known is not None:
+            if time.time() >= known.expires_at:
+                del self._verified[token]
+                raise Unauthorized("token expired")
+            return known
+        principal = self._verify_signed(token)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = principal
+        return principal
+
+    def _verify_signed(self, token: str) -> Principal:
         if len(token) > MAX_TOKEN_BYTES:
             raise Unauthorized("token too large")
         try:

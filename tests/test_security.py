@@ -31,6 +31,7 @@ from tests.support import (
     receive_all,
     stream,
     token,
+    wait_until,
 )
 
 AUDIENCE = "ledger-api"
@@ -179,6 +180,27 @@ def test_es256_and_algorithm_pinning() -> None:
         load_keys(Settings(jwt_secret="x" * 40, jwt_algorithm="RS256"))
 
 
+def test_a_remembered_token_still_expires() -> None:
+    """Verified tokens skip the signature check next time, never the expiry."""
+    settings = Settings(jwt_secret="s" * 40, jwt_leeway_seconds=0)
+    verifier = TokenVerifier(settings, load_keys(settings))
+    expires = int(time.time()) + 2
+    short = jwt.encode({"sub": "s", "role": "service", "exp": expires}, "s" * 40, "HS256")
+    assert verifier.verify(short).subject == "s"
+    assert verifier.verify(short).subject == "s"  # from memory
+    while time.time() < expires:
+        time.sleep(0.1)
+    with pytest.raises(Unauthorized, match="expired"):
+        verifier.verify(short)
+    with pytest.raises(Unauthorized, match="expired"):
+        verifier.verify(short)  # and it stays refused once forgotten
+    # A refused token is never remembered: a forged one fails every time.
+    forged = short[:-4] + ("AAAA" if not short.endswith("AAAA") else "BBBB")
+    for _ in range(2):
+        with pytest.raises(Unauthorized):
+            verifier.verify(forged)
+
+
 def test_wildcard_cors_is_refused_by_configuration() -> None:
     with pytest.raises(ValidationError):
         Settings(cors_origins="*")
@@ -236,16 +258,21 @@ def test_tokens_never_reach_the_log(server: LiveServer) -> None:
         with client.stream("GET", f"/api/sessions/{session_id}/status/stream", params=params) as r:
             assert r.status_code == 200
         client.get("/api/events", params={"token": secret_token})
+
+    def access_lines() -> list[dict[str, Any]]:
+        # Only whole lines: the server may be writing the last one as the test reads.
+        whole = server.log().split("\n")[:-1]
+        return [json.loads(line) for line in whole if line.startswith("{")]
+
+    def stream_lines() -> list[dict[str, Any]]:
+        route = "/api/sessions/{session_id}/status/stream"
+        return [line for line in access_lines() if line.get("http", {}).get("route") == route]
+
+    assert wait_until(lambda: len(stream_lines()) > 0), "the stream's access line is there"
     log = server.log()
     assert secret_token not in log
     assert secret_token.split(".")[2] not in log
-    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
-    streams = [
-        line
-        for line in lines
-        if line.get("http", {}).get("route") == "/api/sessions/{session_id}/status/stream"
-    ]
-    assert streams, "the stream's access line is there, without its query string"
+    lines, streams = access_lines(), stream_lines()
     assert all("?" not in line["http"]["path"] for line in lines if "http" in line)
     assert all(line["request_id"] for line in streams)
 
