@@ -26,7 +26,12 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The fan-out comparison needs nginx with the Nchan module; as root on Debian, get it.
 bench: install
+	@[ -e /usr/lib/nginx/modules/ngx_nchan_module.so ] || [ "$$(id -u)" != 0 ] || \
+		! command -v apt-get >/dev/null || \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-nchan >/dev/null || \
+		echo "could not install nginx + Nchan: the comparison will be skipped"
 	$(BIN)/ledger bench $(BENCH_ARGS)
 
 format: install

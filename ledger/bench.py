@@ -30,6 +30,7 @@ from psycopg import sql
 from rich.console import Console
 from rich.table import Table
 
+from ledger import nchan
 from ledger.auth import Role, TokenVerifier, load_keys
 from ledger.db import libpq_url, resolve_database_url, sqlalchemy_url
 from ledger.loadgen import raise_fd_limit
@@ -199,8 +200,8 @@ def settle(server: ServerProcess, quiet_seconds: float = 2.0) -> None:
         time.sleep(0.5)
 
 
-# Checkout, advisory lock, head, insert, notify: counted by the server per single append.
-STATEMENTS_PER_APPEND = 5
+# The head read and the insert (with its notification): counted by the server per append.
+STATEMENTS_PER_APPEND = 2
 
 
 def rss_kib(pid: int) -> int:
@@ -430,17 +431,15 @@ def streaming_figures(server: ServerProcess, url: str, token: str, quick: bool) 
             met=idle_qps <= 1,
         )
     )
-    streamed = loadgen(
-        "latency", **base, sessions=sessions, subscribers=subscribers, rate=rate,
-        seconds=seconds, poll_interval=None,
-    )  # fmt: skip
+    streamed, one = fanout_latencies(base, sessions, subscribers, rate, seconds)
+    ceiling = nchan_latencies(sessions, subscribers, rate, seconds)
+    over_many = (
+        f"commit to receipt, {subscribers:,} SSE subscribers over 100 sessions, {rate:g} appends/s"
+    )
     for name, target in (("p50_ms", 10), ("p99_ms", 50)):
         figures.append(
             Figure(
-                scenario=(
-                    f"commit to receipt, {subscribers:,} SSE subscribers over 100 sessions, "
-                    f"{rate:g} appends/s"
-                ),
+                scenario=over_many,
                 metric=name,
                 value=round(streamed[name], 2),
                 unit="ms",
@@ -454,10 +453,6 @@ def streaming_figures(server: ServerProcess, url: str, token: str, quick: bool) 
                 },
             )
         )
-    one = loadgen(
-        "latency", **base, sessions=sessions[:1], subscribers=subscribers, rate=10,
-        seconds=seconds, poll_interval=None,
-    )  # fmt: skip
     figures.append(
         Figure(
             scenario=f"commit to receipt, {subscribers:,} SSE subscribers on one session",
@@ -469,7 +464,64 @@ def streaming_figures(server: ServerProcess, url: str, token: str, quick: bool) 
             notes={"received": one["received"], "client_cpu_percent": one["client_cpu_percent"]},
         )
     )
+    if ceiling is not None:
+        nchan_many, nchan_one = ceiling
+        figures.append(versus_nchan(over_many, streamed, nchan_many))
+        figures.append(
+            versus_nchan(
+                f"commit to receipt, {subscribers:,} SSE subscribers on one session",
+                one,
+                nchan_one,
+            )
+        )
     return figures
+
+
+def nchan_latencies(
+    sessions: list[str], subscribers: int, rate: float, seconds: float
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The two latency scenarios against nginx + Nchan, when it is installed."""
+    if not nchan.available():
+        console.print("nginx with the Nchan module is not installed: no Nchan comparison")
+        return None
+    with nchan.Nchan() as hub:
+        base = {"host": "127.0.0.1", "port": hub.port, "token": "", "target": "nchan"}
+        return fanout_latencies(base, sessions, subscribers, rate, seconds)
+
+
+def fanout_latencies(
+    base: dict[str, Any], sessions: list[str], subscribers: int, rate: float, seconds: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Streams over all sessions at ``rate``, then all on one session at 10 appends/s."""
+    many = loadgen(
+        "latency", **base, sessions=sessions, subscribers=subscribers, rate=rate,
+        seconds=seconds, poll_interval=None,
+    )  # fmt: skip
+    one = loadgen(
+        "latency", **base, sessions=sessions[:1], subscribers=subscribers, rate=10,
+        seconds=seconds, poll_interval=None,
+    )  # fmt: skip
+    return many, one
+
+
+def versus_nchan(scenario: str, ours: dict[str, Any], theirs: dict[str, Any]) -> Figure:
+    """Our p99 as a multiple of Nchan's under the same load (the aim: within 5x)."""
+    ratio = ours["p99_ms"] / theirs["p99_ms"]
+    return Figure(
+        scenario=scenario,
+        metric="p99 as a multiple of Nchan's",
+        value=round(ratio, 1),
+        unit="x",
+        baseline=round(theirs["p99_ms"], 2),
+        baseline_label="ms, nginx + Nchan under the same load (in memory, not durable)",
+        target="<= 5x (aim)",
+        met=ratio <= 5,
+        notes={
+            "nchan_p50_ms": round(theirs["p50_ms"], 2),
+            "nchan_received": theirs["received"],
+            "nchan_client_cpu_percent": theirs["client_cpu_percent"],
+        },
+    )
 
 
 def view_summary(url: str, window: dict[str, str]) -> None:

@@ -15,7 +15,7 @@ import resource
 import statistics
 import sys
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 RECORDED = b'"recorded_at":"'
@@ -77,7 +77,8 @@ async def open_stream(
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(
-        f"GET {path} HTTP/1.0\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+        f"GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: text/event-stream\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n".encode()
     )
     while (await reader.readline()) not in (b"\r\n", b""):
         pass  # headers
@@ -143,9 +144,17 @@ async def latency(
     rate: float,
     seconds: float,
     poll_interval: float | None,
+    target: str = "ledger",
 ) -> dict[str, Any]:
     """Subscribers (streams, or pollers every ``poll_interval``) over ``sessions``; one
-    appender at ``rate`` appends/s; latency = receipt - the event's recorded_at."""
+    appender at ``rate`` appends/s; latency = receipt - the event's recorded_at.
+
+    ``target="nchan"`` drives nginx + Nchan the same way: channels named like the
+    sessions, and the publisher stamps ``recorded_at`` itself just before it sends.
+    """
+    stream_path, publish_path = "/api/sessions/{}/status/stream", "/api/sessions/{}/events"
+    if target == "nchan":
+        stream_path, publish_path = "/sub/{}", "/pub/{}"
     samples: list[float] = []
     stop = asyncio.Event()
     since = [float("inf")]  # only events appended by this run count (not a stream's first state)
@@ -156,9 +165,7 @@ async def latency(
             samples.append(time.time() - appended)
 
     async def streamer(session: str) -> None:
-        reader, writer = await open_stream(
-            host, port, f"/api/sessions/{session}/status/stream", token
-        )
+        reader, writer = await open_stream(host, port, stream_path.format(session), token)
         ready.append(1)
         if len(ready) == subscribers:
             all_ready.set()
@@ -207,7 +214,12 @@ async def latency(
     since[0] = time.time()
     started = time.monotonic()
     while time.monotonic() - started < seconds:
-        await http.call("POST", f"/api/sessions/{sessions[sent % len(sessions)]}/events", body)
+        if target == "nchan":
+            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            body = json.dumps(
+                {"status": "transcribing", "recorded_at": stamp}, separators=(",", ":")
+            ).encode()
+        await http.call("POST", publish_path.format(sessions[sent % len(sessions)]), body)
         sent += 1
         await asyncio.sleep(max(0.0, started + sent / rate - time.monotonic()))
     await asyncio.sleep(poll_interval or 1.0)

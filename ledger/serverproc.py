@@ -29,6 +29,8 @@ class ServerProcess:
     database_url: str
     data_dir: Path
     env: dict[str, str] = field(default_factory=dict)
+    # More `ledger serve` options, such as ("--workers", "2").
+    options: tuple[str, ...] = ()
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
@@ -47,7 +49,7 @@ class ServerProcess:
         self.log_path = self.data_dir / f"server-{self.port}.log"
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "ledger", "serve", "--port", str(self.port)],
+                [sys.executable, "-m", "ledger", "serve", "--port", str(self.port), *self.options],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
