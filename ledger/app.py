@@ -29,6 +29,7 @@ from ledger.api.observe import Observe
 from ledger.api.schemas import STORABLE_JSON_VALUE
 from ledger.auth import TokenVerifier, load_keys
 from ledger.db import create_engine, resolve_database_url
+from ledger.eventlog import EventLog
 from ledger.hub import Hub
 from ledger.reporting import Reporting
 from ledger.settings import Settings, get_settings
@@ -74,8 +75,11 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = database_url or resolve_database_url(settings)
-        engine = create_engine(url, pool_size=settings.pool_size)
-        store = Store(engine)
+        # The event log's pool serves appends and streams; the engine the rest.
+        event_log = EventLog(url, size=settings.pool_size)
+        await event_log.open()
+        engine = create_engine(url, pool_size=max(1, settings.pool_size // 2))
+        store = Store(engine, event_log)
         hub = Hub(
             store,
             url,
@@ -92,6 +96,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         finally:
             await hub.stop()
             await engine.dispose()
+            await event_log.close()
 
     app = FastAPI(
         title="ledger",

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+from psycopg_pool import PoolTimeout
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ledger import metrics
@@ -17,6 +19,9 @@ from ledger.settings import Settings
 log = logging.getLogger(__name__)
 
 EMBEDDED_DATABASE = "ledger"
+
+# What either way of reaching the database (the engine, the event log's pool) may raise.
+DATABASE_ERRORS = (SQLAlchemyError, psycopg.Error, PoolTimeout)
 
 
 def start_embedded(data_dir: Path) -> str:

@@ -170,6 +170,26 @@ class Sealed:
     prev_hash: str
     hash: str
 
+    def stored(
+        self, session_id: UUID, position: int, *, actor: str, recorded_at: datetime
+    ) -> Event:
+        """The event as the table holds it once inserted at ``position``."""
+        return Event(
+            session_id,
+            self.version,
+            position,
+            self.type,
+            self.status,
+            self.progress,
+            self.message,
+            self.error,
+            self.data,
+            actor,
+            recorded_at,
+            self.prev_hash,
+            self.hash,
+        )
+
 
 def seal(
     session_id: UUID,

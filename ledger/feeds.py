@@ -37,7 +37,9 @@ class Kind(Enum):
 @dataclass(frozen=True, slots=True)
 class Item:
     kind: Kind
-    encoded: Encoded | None = None
+    # For events: one from the hub, or a page from the table, in order (a page goes out in
+    # one write).
+    events: tuple[Encoded, ...] = ()
     # For a reset: the current state as JSON and its version.
     reset_json: str | None = None
     reset_id: int = 0
@@ -146,7 +148,7 @@ class SessionFeed(_Feed):
         if last_event_id is None:
             if head is None:
                 return cls(store, sub, session_id, clock, after=0, first=[], finished=False)
-            item = Item(Kind.EVENT, Encoded(head))
+            item = Item(Kind.EVENT, (Encoded(head),))
             return cls(
                 store,
                 sub,
@@ -184,12 +186,14 @@ class SessionFeed(_Feed):
                 )
                 async with contextlib.aclosing(pages):
                     async for page in pages:
+                        replayed: list[Encoded] = []
                         for event in page:
-                            yield self._emit(Encoded(event))
-                            sent_at = time.monotonic()
+                            replayed.append(Encoded(event))
                             if event.is_terminal:
-                                return
-                        if not self._open():
+                                break
+                        yield self._emit(replayed)
+                        sent_at = time.monotonic()
+                        if replayed[-1].event.is_terminal or not self._open():
                             return
                 continue
             while self.sub.frames and not self.sub.needs_catchup:
@@ -200,7 +204,7 @@ class SessionFeed(_Feed):
                 if version > self.last + 1:
                     self.sub.catch_up()  # A version was skipped: the table has it.
                     break
-                yield self._emit(encoded, live=True)
+                yield self._emit([encoded], live=True)
                 sent_at = time.monotonic()
                 if encoded.event.is_terminal:
                     return
@@ -213,9 +217,9 @@ class SessionFeed(_Feed):
                 yield HEARTBEAT_ITEM
                 sent_at = time.monotonic()
 
-    def _emit(self, encoded: Encoded, *, live: bool = False) -> Item:
-        self.last = encoded.event.version
-        return Item(Kind.EVENT, encoded, live=live)
+    def _emit(self, encoded: list[Encoded], *, live: bool = False) -> Item:
+        self.last = encoded[-1].event.version
+        return Item(Kind.EVENT, tuple(encoded), live=live)
 
 
 class GlobalFeed(_Feed):
@@ -254,9 +258,9 @@ class GlobalFeed(_Feed):
                 metrics.CATCHUP_READS.inc()
                 while True:
                     page = await self.store.global_page(self.last, CATCHUP_PAGE)
-                    for event in page.events:
-                        self.last = event.position
-                        yield Item(Kind.EVENT, Encoded(event))
+                    if page.events:
+                        self.last = page.events[-1].position
+                        yield Item(Kind.EVENT, tuple(Encoded(event) for event in page.events))
                         sent_at = time.monotonic()
                     held_back = page.held_back
                     if len(page.events) < CATCHUP_PAGE or not self._open():

@@ -22,7 +22,8 @@ import psycopg
 
 from ledger import metrics
 from ledger.errors import Unavailable
-from ledger.store import ACCESS_CHANNEL, NOTIFY_CHANNEL, Store
+from ledger.eventlog import NOTIFY_CHANNEL
+from ledger.store import ACCESS_CHANNEL, Store
 from ledger.wire import Encoded
 
 log = logging.getLogger(__name__)

@@ -36,6 +36,10 @@ LISTENER_UP = Gauge(
 QUEUE_OVERFLOWS = Counter(
     "ledger_queue_overflows_total", "Subscriber queues that overflowed and fell back to the table"
 )
+APPEND_RACES = Counter(
+    "ledger_append_races_total",
+    "Appends that lost a race for a version to another writer and were retried",
+)
 NOTIFICATIONS = Counter("ledger_notifications_total", "Notifications received by the listener")
 DB_STATEMENTS = Counter(
     "ledger_db_statements_total",
@@ -50,8 +54,9 @@ REQUEST_SECONDS = Histogram(
 
 
 def delivered(item: Item, transport: str) -> None:
-    """Count a written event; for live ones, observe commit-to-write lag."""
-    EVENTS_DELIVERED.labels(transport).inc()
-    if item.live and item.encoded is not None:
-        lag = time.time() - item.encoded.event.recorded_at.timestamp()
-        DELIVERY_LAG.observe(max(lag, 0.0))
+    """Count written events; for live ones, observe commit-to-write lag."""
+    EVENTS_DELIVERED.labels(transport).inc(len(item.events))
+    if item.live:
+        now = time.time()
+        for encoded in item.events:
+            DELIVERY_LAG.observe(max(now - encoded.event.recorded_at.timestamp(), 0.0))

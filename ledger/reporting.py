@@ -34,7 +34,8 @@ from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.domain import ChainVerifier, Event
-from ledger.store import EVENT_COLUMNS, event_from_row, events, global_selection
+from ledger.eventlog import event_from_tuple
+from ledger.store import EVENT_COLUMNS, events, global_selection
 
 Bucket = Literal["hour", "day"]
 STEPS: dict[str, str] = {"hour": "1 hour", "day": "24 hours"}
@@ -272,7 +273,7 @@ class Reporting:
         async with self.engine.connect() as conn:
             result = await conn.stream(stmt.execution_options(yield_per=EXPORT_BATCH))
             async for partition in result.partitions():
-                yield [event_from_row(row) for row in partition]
+                yield [event_from_tuple(row) for row in partition]
 
     async def count_events(self, session_id: UUID | None = None) -> int:
         stmt = select(func.count()).select_from(events)

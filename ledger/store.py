@@ -1,4 +1,5 @@
-"""The only module that reads or writes tables: SQLAlchemy Core statements on PostgreSQL."""
+"""Every read and write of the tables: SQLAlchemy Core statements on PostgreSQL, with the
+event table's hot paths delegated to :mod:`ledger.eventlog`."""
 
 from __future__ import annotations
 
@@ -17,35 +18,24 @@ from sqlalchemy import (
     SmallInteger,
     Table,
     Text,
-    bindparam,
     cast,
     func,
-    insert,
     literal,
     select,
     true,
     tuple_,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import Select
 from sqlalchemy.types import BigInteger, UserDefinedType
 
-from ledger.domain import (
-    TERMINAL_TYPES,
-    Event,
-    EventType,
-    Head,
-    NewEvent,
-    Status,
-    seal,
-)
-from ledger.errors import Conflict, NotFound, Unprocessable
+from ledger.domain import Event
+from ledger.errors import Conflict, NotFound
+from ledger.eventlog import EventLog, event_from_tuple
 
-NOTIFY_CHANNEL = "ledger_events"
 # Removed care assignments, so every process can end the streams they allowed.
 ACCESS_CHANNEL = "ledger_access"
 
@@ -132,46 +122,6 @@ class GlobalPage:
     held_back: bool
 
 
-@dataclass(frozen=True, slots=True)
-class AppendResult:
-    events: list[Event]
-    replayed: bool
-
-
-def event_from_row(row: Row[*tuple[Any, ...]]) -> Event:
-    return Event(
-        session_id=row.session_id,
-        version=row.version,
-        position=row.position,
-        type=EventType(row.type),
-        status=Status(row.status),
-        progress=row.progress,
-        message=row.message,
-        error=row.error,
-        data=row.data,
-        actor=row.actor,
-        recorded_at=row.recorded_at,
-        prev_hash=row.prev_hash,
-        hash=row.hash,
-    )
-
-
-def _same_request(stored: Sequence[Event], batch: Sequence[NewEvent]) -> bool:
-    if len(stored) != len(batch):
-        return False
-    return all(
-        (s.status, s.message, s.error, s.data) == (n.status, n.message, n.error, n.data)
-        and (n.progress is None or n.progress == s.progress)
-        for s, n in zip(stored, batch, strict=True)
-    )
-
-
-def advisory_key(session_id: UUID) -> int:
-    """The session's advisory-lock key: its first 64 bits (a collision only serialises two
-    sessions' appends, it never mixes them)."""
-    return int.from_bytes(session_id.bytes[:8], "big", signed=True)
-
-
 def recorded_between(start: datetime | None, end: datetime | None) -> list[Any]:
     """Conditions for ``start <= recorded_at < end``, either bound optional."""
     conditions: list[Any] = []
@@ -209,8 +159,10 @@ def global_selection(
 
 
 class Store:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, log: EventLog) -> None:
         self.engine = engine
+        # Appends go to the log directly (``store.log.append``); its reads are offered here.
+        self.log = log
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -283,150 +235,23 @@ class Store:
         return [
             (
                 SessionRecord(row.sid, row.spatient, row.screated),
-                None if row.version is None else event_from_row(row),
+                None if row.version is None else event_from_tuple(row[3:]),
             )
             for row in rows
         ]
 
-    # -- appending --------------------------------------------------------------------
-
-    async def append(
-        self,
-        session_id: UUID,
-        batch: Sequence[NewEvent],
-        *,
-        actor: str,
-        idempotency_key: str | None = None,
-        expected_version: int | None = None,
-    ) -> AppendResult:
-        """Append a batch atomically, chained and versioned, and notify in the same transaction.
-
-        Appends to one session are serialised by a transaction-scoped advisory lock on the
-        session (a row lock would need UPDATE on ``sessions``, which the app's role does not
-        have); every read that decides the new versions runs after that lock, in a fresh
-        READ COMMITTED snapshot, so concurrent writers can neither gap nor duplicate.
-        """
-        async with self.engine.begin() as conn:
-            locked = await conn.execute(
-                select(
-                    func.pg_advisory_xact_lock(advisory_key(session_id)),
-                    select(sessions.c.id).where(sessions.c.id == session_id).scalar_subquery(),
-                )
-            )
-            if locked.one()[1] is None:
-                raise NotFound(f"session {session_id} not found")
-            if idempotency_key is not None:
-                stored = await self._by_idempotency_key(conn, session_id, idempotency_key)
-                if stored:
-                    if not _same_request(stored, batch):
-                        raise Unprocessable(
-                            "Idempotency-Key was already used for a different request"
-                        )
-                    return AppendResult(stored, replayed=True)
-            head, recorded_at, datas = await self._head(conn, session_id, batch)
-            if expected_version is not None and expected_version != head.version:
-                raise Conflict(
-                    f"expected version {expected_version}, but the session is at {head.version}"
-                )
-            normalised = [
-                NewEvent(n.status, n.progress, n.message, n.error, data)
-                for n, data in zip(batch, datas, strict=True)
-            ]
-            sealed = seal(session_id, head, normalised, actor=actor, recorded_at=recorded_at)
-            rows = [
-                {
-                    "session_id": session_id,
-                    "version": s.version,
-                    "type": s.type.value,
-                    "status": s.status.value,
-                    "progress": s.progress,
-                    "message": s.message,
-                    "error": s.error,
-                    "data": s.data,
-                    "actor": actor,
-                    "idempotency_key": idempotency_key,
-                    "recorded_at": recorded_at,
-                    "prev_hash": s.prev_hash,
-                    "hash": s.hash,
-                }
-                for s in sealed
-            ]
-            result = await conn.execute(
-                insert(events).returning(*EVENT_COLUMNS, sort_by_parameter_order=True), rows
-            )
-            appended = [event_from_row(row) for row in result]
-            payload = f"{session_id} {sealed[0].version} {sealed[-1].version}"
-            await conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, payload)))
-        return AppendResult(appended, replayed=False)
-
-    async def _by_idempotency_key(
-        self, conn: AsyncConnection, session_id: UUID, key: str
-    ) -> list[Event]:
-        stmt = (
-            select(*EVENT_COLUMNS)
-            .where(events.c.session_id == session_id, events.c.idempotency_key == key)
-            .order_by(events.c.version)
-        )
-        return [event_from_row(row) for row in await conn.execute(stmt)]
-
-    async def _head(
-        self, conn: AsyncConnection, session_id: UUID, batch: Sequence[NewEvent]
-    ) -> tuple[Head, datetime, list[dict[str, Any]]]:
-        """The session's latest event, the database clock, and the batch's data as stored.
-
-        ``data`` goes through ``jsonb`` once before hashing, so the hash covers exactly what a
-        later reader gets back (jsonb rewrites numbers such as ``1e20``).
-        """
-        latest = (
-            select(events.c.version, events.c.progress, events.c.hash, events.c.type)
-            .where(events.c.session_id == session_id)
-            .order_by(events.c.version.desc())
-            .limit(1)
-            .subquery()
-        )
-        anchor = select(literal(1).label("one")).subquery()
-        payload = json.dumps([n.data for n in batch], allow_nan=False)
-        stmt = select(
-            func.clock_timestamp().label("now"),
-            cast(literal(payload), JSONB).label("datas"),
-            latest.c.version,
-            latest.c.progress,
-            latest.c.hash,
-            latest.c.type,
-        ).select_from(anchor.outerjoin(latest, true()))
-        row = (await conn.execute(stmt)).one()
-        head = Head()
-        if row.version is not None:
-            head = Head(
-                version=row.version,
-                progress=row.progress,
-                hash=row.hash,
-                terminal=EventType(row.type) in TERMINAL_TYPES,
-            )
-        return head, row.now, row.datas
-
-    # -- reading ----------------------------------------------------------------------
+    # -- the hot paths (see ledger.eventlog) -----------------------------------------
 
     async def latest(self, session_id: UUID) -> Event | None:
-        stmt = (
-            select(*EVENT_COLUMNS)
-            .where(events.c.session_id == session_id)
-            .order_by(events.c.version.desc())
-            .limit(1)
-        )
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(stmt)).first()
-        return None if row is None else event_from_row(row)
+        return await self.log.latest(session_id)
 
     async def session_page(self, session_id: UUID, after: int, limit: int) -> list[Event]:
-        stmt = (
-            select(*EVENT_COLUMNS)
-            .where(events.c.session_id == session_id, events.c.version > after)
-            .order_by(events.c.version)
-            .limit(limit)
-        )
-        async with self.engine.connect() as conn:
-            return [event_from_row(row) for row in await conn.execute(stmt)]
+        return await self.log.session_page(session_id, after, limit)
+
+    async def ranges(self, wanted: Sequence[tuple[UUID, int, int]]) -> list[Event]:
+        return await self.log.ranges(wanted)
+
+    # -- reading ----------------------------------------------------------------------
 
     async def session_events(
         self, session_id: UUID, after: int, *, page_size: int = 1000
@@ -439,41 +264,6 @@ class Store:
                 after = page[-1].version
             if len(page) < page_size:
                 return
-
-    async def ranges(self, wanted: Sequence[tuple[UUID, int, int]]) -> list[Event]:
-        """Events of several sessions, each within ``[from, to]`` versions, in one query."""
-        if not wanted:
-            return []
-        r = (
-            select(
-                func.unnest(bindparam("sids", type_=ARRAY(PG_UUID(as_uuid=True)))).label("sid"),
-                func.unnest(bindparam("los", type_=ARRAY(Integer))).label("lo"),
-                func.unnest(bindparam("his", type_=ARRAY(Integer))).label("hi"),
-            )
-        ).subquery()
-        # Driven by the requested ranges, one index range scan each: the planner cannot
-        # estimate unnest(), and a plain join lets it scan the whole table instead.
-        found = (
-            select(*EVENT_COLUMNS)
-            .where(
-                events.c.session_id == r.c.sid,
-                events.c.version >= r.c.lo,
-                events.c.version <= r.c.hi,
-            )
-            .lateral("found")
-        )
-        stmt = (
-            select(*(found.c[column.name] for column in EVENT_COLUMNS))
-            .select_from(r.join(found, true()))
-            .order_by(found.c.session_id, found.c.version)
-        )
-        params = {
-            "sids": [w[0] for w in wanted],
-            "los": [w[1] for w in wanted],
-            "his": [w[2] for w in wanted],
-        }
-        async with self.engine.connect() as conn:
-            return [event_from_row(row) for row in await conn.execute(stmt, params)]
 
     async def check_global_cursor(self, position: int) -> None:
         """Refuse a position the global readers could not have handed out.
@@ -522,7 +312,7 @@ class Store:
         async with self.engine.connect() as conn:
             await conn.execution_options(isolation_level="REPEATABLE READ")
             async with conn.begin():
-                page = [event_from_row(row) for row in await conn.execute(stmt)]
+                page = [event_from_tuple(row) for row in await conn.execute(stmt)]
                 held_back = bool((await conn.execute(held)).scalar())
         return GlobalPage(page, held_back)
 

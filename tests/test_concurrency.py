@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -9,8 +11,10 @@ from typing import Any
 import psycopg
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
-from ledger.domain import verify_chain
+from ledger.domain import NewEvent, Status, verify_chain
+from ledger.eventlog import EventLog
 from tests.support import LiveServer, append, create_session, load_events
 
 
@@ -74,3 +78,34 @@ def test_concurrent_appenders(
         assert verify_chain(stored) is None
         returned = {e["version"] for job, events in results if job.session == index for e in events}
         assert returned == {e.version for e in stored}
+
+
+async def test_writers_that_lose_a_race_retry_and_leave_an_exact_chain(
+    database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """Twenty appends to one session at once on twenty connections: all read the same head,
+    one insert wins each version, the others lose on the unique version and retry under the
+    session's lock. Every append lands exactly once, in a gap-free chain."""
+    session = uuid.uuid4()
+    db.execute(
+        "INSERT INTO sessions (id, patient_id, created_at) VALUES (%s, 'p', now())", (session,)
+    )
+    log = EventLog(database_url, size=20)
+    await log.open()
+    races = REGISTRY.get_sample_value("ledger_append_races_total") or 0.0
+    try:
+        results = await asyncio.gather(
+            *(
+                log.append(session, [NewEvent(Status.TRANSCRIBING, i, f"writer {i}")], actor="t")
+                for i in range(20)
+            )
+        )
+    finally:
+        await log.close()
+    assert (REGISTRY.get_sample_value("ledger_append_races_total") or 0.0) > races, "raced"
+    versions = sorted(r.events[0].version for r in results)
+    assert versions == list(range(1, 21))
+    stored = load_events(db, str(session))
+    assert [e.version for e in stored] == versions
+    assert sorted(e.message for e in stored) == sorted(f"writer {i}" for i in range(20))
+    assert verify_chain(stored) is None

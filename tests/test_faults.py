@@ -17,6 +17,8 @@ from tests.support import (
     LiveServer,
     append,
     append_retrying,
+    auth,
+    backends,
     create_session,
     event_messages,
     iter_sse,
@@ -151,3 +153,32 @@ def test_sigterm_closes_streams_cleanly(server_factory: Callable[..., LiveServer
         # The response ends properly (a broken chunked stream would raise here).
         remaining = list(messages)
     assert all(m.data is None for m in remaining)
+
+
+def test_pooled_connections_killed_under_the_server(
+    server_factory: Callable[..., LiveServer], database_url: str
+) -> None:
+    """Connections the database dropped (a restart, an operator's pg_terminate_backend) are
+    noticed when taken from the pool and replaced: the next requests succeed, not 503."""
+    live = server_factory(LEDGER_POOL_SIZE="4")
+    with live.client() as client:
+        session_id = create_session(client)
+        for n in range(1, 9):  # warm every pooled connection
+            assert append(client, session_id, progress(n)).status_code == 201
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND application_name <> %s",
+                (LISTENER_NAME,),
+            ).fetchone()
+        assert killed is not None
+        assert killed[0] >= 4
+        assert wait_until(lambda: backends(database_url) == 1)  # the listener alone
+        for n in range(9, 13):
+            response = append(client, session_id, progress(n))
+            assert response.status_code == 201, response.text
+        status = client.get(f"/api/sessions/{session_id}/status", headers=auth("admin"))
+        assert status.status_code == 200, status.text
+        assert status.json()["version"] == 12
+    assert table_versions(database_url, session_id) == list(range(1, 13))

@@ -63,7 +63,8 @@ def test_disconnects_leave_nothing_behind(
     for _ in range(3):
         churn(live, session_id)
         assert wait_until(lambda: subscribers(live) == 0)
-    assert backends(database_url) == baseline == 4 + 1  # the pool and the listener
+    # The event log's pool (4), the engine's (half of it) and the listener.
+    assert backends(database_url) == baseline == 4 + 2 + 1
 
 
 def rss_kib(pid: int) -> int:

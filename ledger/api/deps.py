@@ -32,7 +32,8 @@ class Runtime:
     hub: Hub
 
 
-def get_runtime(connection: HTTPConnection) -> Runtime:
+async def get_runtime(connection: HTTPConnection) -> Runtime:
+    # Dependencies are async even without awaiting: FastAPI runs plain ones in a thread pool.
     runtime: Runtime = connection.app.state.runtime
     return runtime
 
@@ -42,7 +43,7 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 bearer = HTTPBearer(auto_error=False, description="A JWT with `sub` and `role` claims.")
 
 
-def get_bearer_token(
+async def get_bearer_token(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> str:
     if credentials is None:
@@ -53,11 +54,11 @@ def get_bearer_token(
 BearerToken = Annotated[str, Depends(get_bearer_token)]
 
 
-def authenticate(runtime: RuntimeDep, token: BearerToken) -> Principal:
+async def authenticate(runtime: RuntimeDep, token: BearerToken) -> Principal:
     return runtime.verifier.verify(token)
 
 
-def authenticate_stream(connection: HTTPConnection, runtime: RuntimeDep) -> Principal:
+async def authenticate_stream(connection: HTTPConnection, runtime: RuntimeDep) -> Principal:
     """Header first; else the ``access_token`` query parameter or cookie.
 
     A browser's native ``EventSource`` (and WebSocket) cannot send an Authorization header.

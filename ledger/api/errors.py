@@ -7,6 +7,9 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from psycopg import InterfaceError as DriverInterfaceError
+from psycopg import OperationalError as DriverOperationalError
+from psycopg_pool import PoolTimeout as DriverPoolTimeout
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -46,9 +49,12 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
 async def database_error_handler(request: Request, exc: Exception) -> JSONResponse:
     """A lost or refused database connection is a 503 the client may retry, not a 500.
 
+    The event log speaks psycopg directly, the rest through SQLAlchemy: both are covered.
     Anything else the driver raises is a bug and stays a 500.
     """
-    unavailable = isinstance(exc, PoolTimeout) or (
+    unavailable = isinstance(
+        exc, PoolTimeout | DriverPoolTimeout | DriverOperationalError | DriverInterfaceError
+    ) or (
         isinstance(exc, DBAPIError)
         and (isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated)
     )
@@ -65,5 +71,7 @@ async def database_error_handler(request: Request, exc: Exception) -> JSONRespon
 def install(app: FastAPI) -> None:
     app.add_exception_handler(DBAPIError, database_error_handler)
     app.add_exception_handler(PoolTimeout, database_error_handler)
+    for driver_error in (DriverOperationalError, DriverInterfaceError, DriverPoolTimeout):
+        app.add_exception_handler(driver_error, database_error_handler)
     app.add_exception_handler(LedgerError, ledger_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)

@@ -134,7 +134,7 @@ async def append_events(
         batch = body
     if len(batch) > runtime.settings.max_batch_events:
         raise Unprocessable(f"at most {runtime.settings.max_batch_events} events per request")
-    result = await runtime.store.append(
+    result = await runtime.store.log.append(
         session_id,
         [event.to_new() for event in batch],
         actor=principal.subject,

@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 from ledger import metrics
 from ledger.feeds import Item, Kind
 from ledger.hub import Subscription
-from ledger.wire import HEARTBEAT, sse_frame, sse_retry
+from ledger.wire import HEARTBEAT, Encoded, sse_frame, sse_retry
 
 log = logging.getLogger(__name__)
 
@@ -32,23 +32,16 @@ SSE_HEADERS = {
 }
 
 
-def sse_bytes(item: Item, framing: Callable[[Item], bytes]) -> bytes:
+def sse_bytes(item: Item, framing: Callable[[Encoded], bytes]) -> bytes:
+    """The item's bytes; a page of events is one write."""
     if item.kind is Kind.HEARTBEAT:
         return HEARTBEAT
     if item.kind is Kind.RESET:
         assert item.reset_json is not None
         return sse_frame("reset", item.reset_id, item.reset_json)
-    return framing(item)
-
-
-def session_framing(item: Item) -> bytes:
-    assert item.encoded is not None
-    return item.encoded.session_sse()
-
-
-def global_framing(item: Item) -> bytes:
-    assert item.encoded is not None
-    return item.encoded.global_sse()
+    if len(item.events) == 1:
+        return framing(item.events[0])
+    return b"".join([framing(encoded) for encoded in item.events])
 
 
 class FeedResponse(Response):
@@ -59,7 +52,7 @@ class FeedResponse(Response):
         items: AsyncIterator[Item],
         sub: Subscription,
         *,
-        framing: Callable[[Item], bytes],
+        framing: Callable[[Encoded], bytes],
         retry_ms: int,
         on_close: Callable[[], None],
         initial_id: int | None = None,

@@ -11,7 +11,6 @@ from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Response, WebSocket
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.websockets import WebSocketDisconnect
 
 from ledger import metrics
@@ -25,12 +24,13 @@ from ledger.api.deps import (
     get_runtime,
 )
 from ledger.api.schemas import error_responses
-from ledger.api.sse import FeedResponse, global_framing, session_framing
+from ledger.api.sse import FeedResponse
 from ledger.auth import Principal, Role, require_read_all
+from ledger.db import DATABASE_ERRORS
 from ledger.errors import Forbidden, LedgerError
 from ledger.feeds import Clock, GlobalFeed, Kind, SessionFeed, parse_last_event_id
 from ledger.store import SessionRecord
-from ledger.wire import ws_message
+from ledger.wire import Encoded, ws_message
 
 log = logging.getLogger(__name__)
 FeedT = TypeVar("FeedT")
@@ -115,7 +115,7 @@ async def session_stream(
     return FeedResponse(
         feed.items(),
         feed.sub,
-        framing=session_framing,
+        framing=Encoded.session_sse,
         retry_ms=runtime.settings.retry_ms,
         on_close=stack.close,
     )
@@ -139,7 +139,7 @@ async def global_stream(
     return FeedResponse(
         global_feed.items(),
         global_feed.sub,
-        framing=global_framing,
+        framing=Encoded.global_sse,
         retry_ms=runtime.settings.retry_ms,
         on_close=stack.close,
         initial_id=global_feed.last,
@@ -153,17 +153,17 @@ async def session_ws(websocket: WebSocket, session_id: UUID) -> None:
     Refusals happen before the upgrade, as real HTTP answers (401/403/404/400), so a client
     can tell them apart; after the terminal event the socket closes with code 1000.
     """
-    runtime: Runtime = get_runtime(websocket)
+    runtime: Runtime = await get_runtime(websocket)
     try:
         check_origin(websocket, runtime.settings.cors_origins)
-        principal = authenticate_stream(websocket, runtime)
+        principal = await authenticate_stream(websocket, runtime)
         session = await check_read(runtime, principal, session_id)
         start = parse_last_event_id(None, websocket.query_params.get("last_event_id"))
         feed, stack = await open_session_feed(runtime, principal, session, start)
     except LedgerError as exc:
         await _deny(websocket, exc.status_code, exc.detail)
         return
-    except SQLAlchemyError:
+    except DATABASE_ERRORS:
         await _deny(websocket, 503, "database unavailable, retry shortly")
         return
     with stack:
@@ -182,11 +182,11 @@ async def session_ws(websocket: WebSocket, session_id: UUID) -> None:
                     assert item.reset_json is not None
                     await websocket.send_text(ws_message("reset", item.reset_id, item.reset_json))
                 else:
-                    assert item.encoded is not None
-                    await websocket.send_text(item.encoded.ws())
+                    for encoded in item.events:
+                        await websocket.send_text(encoded.ws())
+                        if encoded.event.is_terminal:
+                            close_code, reason = 1000, "complete"
                     metrics.delivered(item, "ws")
-                    if item.encoded.event.is_terminal:
-                        close_code, reason = 1000, "complete"
             if close_code != 1000 and feed.sub.revoked:
                 close_code, reason = 1008, "access revoked"
             elif close_code != 1000 and feed.clock.expired():
@@ -194,7 +194,7 @@ async def session_ws(websocket: WebSocket, session_id: UUID) -> None:
             await websocket.close(close_code, reason)
         except (WebSocketDisconnect, OSError, RuntimeError):
             pass  # Gone mid-write; the subscription is released with the stack.
-        except SQLAlchemyError as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("websocket stream ended by a database error: %s", exc)
             with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
                 await websocket.close(1011, "database unavailable: resume shortly")

@@ -24,19 +24,23 @@ def check_order(start: datetime | None, end: datetime | None) -> None:
 class TimeRange:
     """``[start, end)``; by default the last seven days."""
 
-    def __init__(
-        self,
-        start: Annotated[
-            datetime | None, Query(alias="from", description="Start, inclusive (ISO 8601).")
-        ] = None,
-        end: Annotated[
-            datetime | None, Query(alias="to", description="End, exclusive (default: now).")
-        ] = None,
-    ) -> None:
+    def __init__(self, start: datetime | None, end: datetime | None) -> None:
         check_order(start, end)
         self.end = as_utc(end) if end is not None else datetime.now(UTC)
         self.start = as_utc(start) if start is not None else self.end - DEFAULT_SPAN
         check_order(self.start, self.end)
 
 
-RangeDep = Annotated[TimeRange, Depends()]
+async def time_range(
+    start: Annotated[
+        datetime | None, Query(alias="from", description="Start, inclusive (ISO 8601).")
+    ] = None,
+    end: Annotated[
+        datetime | None, Query(alias="to", description="End, exclusive (default: now).")
+    ] = None,
+) -> TimeRange:
+    # async: FastAPI runs a plain function in its thread pool, a thread hop per request.
+    return TimeRange(start, end)
+
+
+RangeDep = Annotated[TimeRange, Depends(time_range)]
