@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from ledger.cli import inherited_socket
 from ledger.hub import LISTENER_NAME
 from ledger.serverproc import free_port
 from tests.support import (
@@ -75,6 +77,18 @@ def series(live: LiveServer) -> Callable[..., float]:
         return metric(live, name, labels)
 
     return read
+
+
+def test_a_worker_sees_the_inherited_socket_as_tcp() -> None:
+    """What the supervisor hands down is a TCP listener, and the worker must know it: as a
+    UNIX socket (uvicorn's own `fd`), accepted connections got no TCP_NODELAY and every
+    answer waited ~40 ms for the client's delayed ACK."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        worker_side = inherited_socket(os.dup(listener.fileno()))
+        with worker_side:
+            assert worker_side.family == socket.AF_INET
+            assert worker_side.type == socket.SOCK_STREAM
+            assert worker_side.getsockname() == listener.getsockname()
 
 
 def test_metrics_move(server_factory: Callable[..., LiveServer], database_url: str) -> None:
