@@ -355,21 +355,30 @@ def streaming_figures(server: ServerProcess, url: str, token: str, quick: bool) 
         )
     )
 
-    # Replay from 0.
+    # Replay from 0: both sides three times over the same rows, medians. The rows are
+    # vacuumed first, as a table that has lived a while would be: the first reader of
+    # fresh rows also writes their hint bits, which is no part of either design.
     count = 100_000 // scale
     session = seed_replay_session(url, count)
-    replayed = loadgen("replay", **base, session=session, count=count)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE events")
+    runs = [loadgen("replay", **base, session=session, count=count) for _ in range(3)]
+    replayed = statistics.median(run["events_per_second"] for run in runs)
+    selected = statistics.median(psycopg_select(url, session) for _ in range(3))
     figures.append(
         Figure(
             scenario=f"replay from 0, {count:,}-event session",
             metric="events/s delivered",
-            value=round(replayed["events_per_second"]),
+            value=round(replayed),
             unit="ev/s",
-            baseline=round(psycopg_select(url, session)),
+            baseline=round(selected),
             baseline_label="psycopg SELECT of the same rows",
             target=">= 50,000 ev/s",
-            met=replayed["events_per_second"] >= 50_000,
-            notes={"client_cpu_percent": replayed["client_cpu_percent"]},
+            met=replayed >= 50_000,
+            notes={
+                "runs_events_per_second": [round(run["events_per_second"]) for run in runs],
+                "client_cpu_percent": max(run["client_cpu_percent"] for run in runs),
+            },
         )
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 from fastapi.sse import format_sse_event
 
 from ledger.domain import Event
@@ -17,7 +18,15 @@ HEARTBEAT = b": heartbeat\n\n"
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    """Compact JSON, UTF-8 as is; orjson (an order of magnitude faster, which replays feel).
+
+    orjson refuses integers beyond 64 bits, which jsonb can hold (it keeps ``1e20`` as
+    ``100000000000000000000``): those values go through the standard library instead.
+    """
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 class Encoded:
@@ -48,8 +57,11 @@ class Encoded:
         return self._ws
 
 
-def sse_frame(event: str, id: int, data_json: str, retry_ms: int | None = None) -> bytes:
-    return format_sse_event(data_str=data_json, event=event, id=str(id), retry=retry_ms)
+def sse_frame(event: str, id: int, data_json: str) -> bytes:
+    """An event frame, as ``format_sse_event`` writes it (event, data, id), built directly:
+    compact JSON never holds a raw line break, so there are no lines to split, and this runs
+    once per event of every replay."""
+    return f"event: {event}\ndata: {data_json}\nid: {id}\n\n".encode()
 
 
 def sse_retry(retry_ms: int, id: int | None = None) -> bytes:
