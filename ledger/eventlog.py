@@ -204,12 +204,15 @@ async def still_open(conn: AsyncConnection[Any]) -> None:
 
     An idle connection has nothing to say: if its socket is readable, the server has
     closed it (or sent a notice), and only then does a round trip find out which; the
-    common case costs one ``select`` instead of psycopg's own check's empty query.
+    common case costs one ``poll`` instead of psycopg's own check's empty query.
     """
     if conn.closed:
         raise OperationalError("the connection is closed")
-    readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    if readable:
+    # poll, not select: a server with thousands of streams has descriptors past select's
+    # limit of 1024.
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    if poller.poll(0):
         await conn.execute("")
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from ledger.eventlog import still_open
 from ledger.hub import LISTENER_NAME
 from ledger.migrate import upgrade
 from tests.support import (
@@ -182,3 +185,21 @@ def test_pooled_connections_killed_under_the_server(
         assert status.status_code == 200, status.text
         assert status.json()["version"] == 12
     assert table_versions(database_url, session_id) == list(range(1, 13))
+
+
+async def test_the_pool_check_works_past_descriptor_1024(database_url: str) -> None:
+    """A server holding thousands of streams gives its pooled connections descriptors past
+    1024, where select() refuses to look: the check on checkout must still work (with
+    select, every checkout failed, and the pool churned through new connections)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    filler = [os.dup(0) for _ in range(1100)]
+    try:
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            assert conn.fileno() > 1024
+            await still_open(conn)  # idle and healthy: no error, no round trip needed
+            assert not conn.closed
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
