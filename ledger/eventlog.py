@@ -1,12 +1,12 @@
-"""The event table's hot paths in plain SQL on psycopg's own pool, pipelined.
+"""The event table's hot paths in plain SQL on psycopg's own pool.
 
 Appending, reading a session's history and the hub's fan-out read run on every request
 and every notification. Through SQLAlchemy's async engine an append cost about 2.6 ms of
-Python per event (statement cache keys, the greenlet bridge, a pre-ping and one round trip
-per statement); here it costs about 0.6 ms: fixed statements that psycopg prepares once per
-connection, and psycopg's pipeline mode, which sends the lock, the head read, and later the
-insert, the notification and the commit without waiting for each answer. Everything
-less frequent stays in :mod:`ledger.store` with SQLAlchemy Core.
+Python (statement cache keys, the greenlet bridge, a pre-ping, and BEGIN, lock, head,
+insert, notify and COMMIT as six round trips); here it is two fixed statements that psycopg
+prepares once per connection, about 0.4 ms: the head read, and the insert that carries its
+own notification. Everything less frequent stays in :mod:`ledger.store` with SQLAlchemy
+Core.
 """
 
 from __future__ import annotations

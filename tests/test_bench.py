@@ -27,7 +27,9 @@ def test_bench_quick_writes_a_report(pg_server_url: str, tmp_path: Path) -> None
     assert report["machine"]["cores"] >= 1
     metrics = {r["metric"] for r in report["results"]}
     assert {"GET /api/analytics/summary", "GET /api/analytics/stages"} <= metrics
-    assert all(r["value"] > 0 for r in report["results"])
+    # Every figure was measured; only the idle statement rate may truly be zero.
+    assert all(r["value"] > 0 for r in report["results"] if r["unit"] != "/s")
+    assert all(r["value"] >= 0 for r in report["results"])
     # .ci/run installs nginx with the Nchan module: the comparison runs under the same load.
     if nchan.available():
         versus = [r for r in report["results"] if r["metric"] == "p99 as a multiple of Nchan's"]
