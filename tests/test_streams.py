@@ -13,6 +13,7 @@ from tests.support import (
     LiveServer,
     SseMessage,
     append,
+    auth,
     create_session,
     event_messages,
     iter_sse,
@@ -202,3 +203,24 @@ def test_stream_authorization(server: LiveServer) -> None:
         cookie = client.get(url)
         assert cookie.status_code == 200
         assert "event: complete" in cookie.text
+
+
+def test_lean_stream_routes_answer_as_declared(server: LiveServer) -> None:
+    """The SSE routes are served without FastAPI's request machinery (for memory), but
+    answer as the declared routes do, and stay in the OpenAPI document."""
+    with server.client() as client:
+        bad = client.get("/api/sessions/not-a-uuid/status/stream", headers=auth("admin"))
+        assert bad.status_code == 422
+        assert bad.json()["detail"][0]["loc"] == ["path", "session_id"]
+        unknown = "/api/sessions/00000000-0000-4000-8000-000000000000/status/stream"
+        assert client.get(unknown, headers=auth("admin")).status_code == 404
+        assert client.get(unknown).status_code == 401
+        assert client.get("/api/events/stream", headers=auth("patient")).status_code == 403
+        bad_cursor = client.get(
+            "/api/events/stream", headers={**auth("admin"), "Last-Event-ID": "x"}
+        )
+        assert bad_cursor.status_code == 400
+        assert client.post("/api/events/stream", headers=auth("admin")).status_code == 405
+        paths = client.get("/openapi.json").json()["paths"]
+        assert "get" in paths["/api/sessions/{session_id}/status/stream"]
+        assert "get" in paths["/api/events/stream"]
