@@ -60,7 +60,7 @@ class Http:
         )
         self.writer.write(head.encode() + body)
         status_line = await self.reader.readline()
-        length = 0
+        length, closing = 0, False
         while True:
             line = await self.reader.readline()
             if line in (b"\r\n", b""):
@@ -68,7 +68,12 @@ class Http:
             name, _, value = line.partition(b":")
             if name.lower() == b"content-length":
                 length = int(value)
+            elif name.lower() == b"connection" and value.strip().lower() == b"close":
+                closing = True  # nginx ends a keep-alive connection after 1,000 requests
         payload = await self.reader.readexactly(length)
+        if closing:
+            self.writer.close()
+            self.reader = self.writer = None
         return int(status_line.split()[1]), payload
 
 
