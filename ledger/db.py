@@ -7,7 +7,6 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
-from psycopg_pool import PoolTimeout
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,8 +19,9 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_DATABASE = "ledger"
 
-# What either way of reaching the database (the engine, the event log's pool) may raise.
-DATABASE_ERRORS = (SQLAlchemyError, psycopg.Error, PoolTimeout)
+# What either way of reaching the database (the engine, the event log's pool) may raise;
+# psycopg_pool's PoolTimeout is a psycopg.Error too.
+DATABASE_ERRORS = (SQLAlchemyError, psycopg.Error)
 
 
 def start_embedded(data_dir: Path) -> str:

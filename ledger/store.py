@@ -261,9 +261,8 @@ class Store:
     ) -> AsyncGenerator[list[Event]]:
         """Every event after ``after`` in pages, each page its own short query.
 
-        The next page is read while the caller sends this one: the database works on the
-        other core while this process encodes and writes (a replay of 100,000 events goes
-        about a third faster).
+        The next page is read while the caller sends this one, so the database's work on it
+        overlaps this process's encoding and writing instead of waiting behind it.
         """
         ahead: asyncio.Task[list[Event]] | None = None
         try:

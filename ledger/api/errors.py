@@ -9,7 +9,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from psycopg import InterfaceError as DriverInterfaceError
 from psycopg import OperationalError as DriverOperationalError
-from psycopg_pool import PoolTimeout as DriverPoolTimeout
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -52,9 +51,8 @@ async def database_error_handler(request: Request, exc: Exception) -> JSONRespon
     The event log speaks psycopg directly, the rest through SQLAlchemy: both are covered.
     Anything else the driver raises is a bug and stays a 500.
     """
-    unavailable = isinstance(
-        exc, PoolTimeout | DriverPoolTimeout | DriverOperationalError | DriverInterfaceError
-    ) or (
+    # psycopg_pool's PoolTimeout is a psycopg OperationalError.
+    unavailable = isinstance(exc, PoolTimeout | DriverOperationalError | DriverInterfaceError) or (
         isinstance(exc, DBAPIError)
         and (isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated)
     )
@@ -71,7 +69,7 @@ async def database_error_handler(request: Request, exc: Exception) -> JSONRespon
 def install(app: FastAPI) -> None:
     app.add_exception_handler(DBAPIError, database_error_handler)
     app.add_exception_handler(PoolTimeout, database_error_handler)
-    for driver_error in (DriverOperationalError, DriverInterfaceError, DriverPoolTimeout):
+    for driver_error in (DriverOperationalError, DriverInterfaceError):
         app.add_exception_handler(driver_error, database_error_handler)
     app.add_exception_handler(LedgerError, ledger_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
