@@ -20,6 +20,7 @@ from ledger.api import (
     errors,
     events,
     health,
+    lean,
     sessions,
     streams,
 )
@@ -108,7 +109,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     _refine_openapi(app)
     for module in (sessions, events, streams, audit, analytics, assignments, cookies, health):
         app.include_router(module.router)
-    streams.install_lean_streams(app)
+    lean.install(app, streams.LEAN_ROUTES + sessions.LEAN_ROUTES)
     dashboard.install(app)
     if settings.cors_origins:
         app.add_middleware(

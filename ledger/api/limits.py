@@ -7,6 +7,20 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A body already read, once more, then the connection's own messages (a disconnect)."""
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if delivered:
+            return await receive()
+        delivered = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
 class BodyLimit:
     """Reads a request body fully (it is small by contract) and answers 413 past the limit.
 
@@ -40,17 +54,7 @@ class BodyLimit:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = b"".join(chunks)
-        delivered = False
-
-        async def replay() -> Message:
-            nonlocal delivered
-            if delivered:
-                return await receive()
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(b"".join(chunks), receive), send)
 
     async def _too_large(self, send: Send) -> None:
         payload = json.dumps(

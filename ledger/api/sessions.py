@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Body, Header, Query, Response
 from fastapi.responses import JSONResponse
+from pydantic import TypeAdapter, ValidationError
+from starlette.requests import Request
 
 from ledger import metrics
-from ledger.api.deps import CurrentPrincipal, ReadableSession, RuntimeDep
+from ledger.api.deps import (
+    CurrentPrincipal,
+    ReadableSession,
+    RuntimeDep,
+    authenticate,
+    get_runtime,
+)
+from ledger.api.lean import Decline, Serve, bearer_token, header, json_body, path_uuid
 from ledger.api.responses import (
     EXPORT_RESPONSES,
     FormatQuery,
@@ -41,13 +51,15 @@ router = APIRouter(prefix="/api/sessions", tags=["sessions"])
 
 ERRORS = error_responses(400, 401, 403, 404)
 
+KEY_PATTERN, KEY_MAX_LENGTH = r"^[\x21-\x7e]+$", 200
+IF_MATCH_PATTERN = r'^(W/)?"?[0-9]{1,9}"?$'
 IdempotencyKey = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
         min_length=1,
-        max_length=200,
-        pattern=r"^[\x21-\x7e]+$",
+        max_length=KEY_MAX_LENGTH,
+        pattern=KEY_PATTERN,
         description="A retry with the same key returns the events stored the first time.",
     ),
 ]
@@ -55,7 +67,7 @@ IfMatch = Annotated[
     str | None,
     Header(
         alias="If-Match",
-        pattern=r'^(W/)?"?[0-9]{1,9}"?$',
+        pattern=IF_MATCH_PATTERN,
         description='Expected current version, e.g. "3".',
     ),
 ]
@@ -173,3 +185,28 @@ async def session_history(
     more = len(rows) > limit
     page = rows[:limit]
     return page_response(page, page[-1].version if more else None)
+
+
+# -- serving the append lean (see ledger.api.lean) -----------------------------------------
+
+APPEND_BODY: TypeAdapter[AppendBody] = TypeAdapter(AppendBody)
+KEY = re.compile(KEY_PATTERN)
+IF_MATCH = re.compile(IF_MATCH_PATTERN)
+
+
+async def _serve_append(request: Request) -> Response:
+    session_id = path_uuid(request, "session_id")
+    key = header(request, "idempotency-key", KEY, KEY_MAX_LENGTH)
+    if_match = header(request, "if-match", IF_MATCH)
+    try:
+        body = APPEND_BODY.validate_python(await json_body(request))
+    except ValidationError:
+        raise Decline from None
+    runtime = await get_runtime(request)
+    principal = await authenticate(runtime, bearer_token(request))
+    return await append_events(session_id, body, runtime, principal, key, if_match)
+
+
+LEAN_ROUTES: list[tuple[str, str, Serve]] = [
+    ("/api/sessions/{session_id}/events", "POST", _serve_append),
+]
