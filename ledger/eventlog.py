@@ -11,6 +11,7 @@ Core.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import select
 from collections.abc import Sequence
@@ -26,32 +27,41 @@ from psycopg_pool import AsyncConnectionPool
 
 from ledger import metrics
 from ledger.domain import TERMINAL_TYPES, Event, EventType, Head, NewEvent, Sealed, Status, seal
-from ledger.errors import Conflict, NotFound, Unavailable, Unprocessable
+from ledger.errors import Conflict, LedgerError, NotFound, Unavailable, Unprocessable
 
 NOTIFY_CHANNEL = "ledger_events"
 # Lost races before an append gives up with a 503 (each retry waits its turn on the lock).
 MAX_ATTEMPTS = 20
+# A group of concurrent appends: at most this many requests (the notification names each
+# session in about 60 bytes, within NOTIFY's 8,000) and, past the first, this many events.
+GROUP_REQUESTS = 64
+GROUP_EVENTS = 1000
+# Groups of one process in flight at once, so one commits while the next gathers (measured:
+# 3 beat 1, 2 and 4 on single-event appends from 16 writers).
+GROUPS_IN_FLIGHT = 3
 
 COLUMNS = (
     "session_id, version, position, type, status, progress, message, error, data, actor,"
     " recorded_at, prev_hash, hash"
 )
 
-# Everything an append decides from, in one statement: the database clock, the batch's data
-# as jsonb will store it (jsonb rewrites numbers such as 1e20, and the hash must cover what
-# readers get back), whether the session exists, whether the idempotency key was used, and
-# the session's latest event.
+# Everything the appends of a group decide from, in one statement: the database clock (one
+# instant for the group), each request's data as jsonb will store it (jsonb rewrites numbers
+# such as 1e20, and the hash must cover what readers get back), whether its session exists,
+# whether its idempotency key was used, and its session's latest event.
 HEAD = """
-SELECT clock_timestamp(), %(datas)s::jsonb,
-       EXISTS (SELECT FROM sessions WHERE id = %(session_id)s),
-       EXISTS (SELECT FROM events
-               WHERE session_id = %(session_id)s AND idempotency_key = %(key)s),
+WITH now AS (SELECT clock_timestamp() AS at)
+SELECT now.at, r.datas::jsonb,
+       EXISTS (SELECT FROM sessions WHERE id = r.sid),
+       EXISTS (SELECT FROM events WHERE session_id = r.sid AND idempotency_key = r.key),
        latest.version, latest.progress, latest.hash, latest.type
-FROM (SELECT) AS anchor
+FROM now, unnest(%(sids)s::uuid[], %(keys)s::text[], %(datas)s::text[])
+     WITH ORDINALITY AS r(sid, key, datas, i)
 LEFT JOIN LATERAL (
     SELECT version, progress, hash, type FROM events
-    WHERE session_id = %(session_id)s ORDER BY version DESC LIMIT 1
+    WHERE session_id = r.sid ORDER BY version DESC LIMIT 1
 ) AS latest ON true
+ORDER BY r.i
 """
 
 BY_KEY = f"""
@@ -59,26 +69,26 @@ SELECT {COLUMNS} FROM events
 WHERE session_id = %s AND idempotency_key = %s ORDER BY version
 """
 
-# The batch and its notification in one statement, so one implicit transaction: the
-# notification is delivered exactly when the events commit. The rows travel as one JSON
-# array (cheaper to send than a parameter per column), one statement for any batch size.
-# The unique (session_id, version) refuses the whole statement if another writer took one
-# of these versions since the head was read.
+# A group's events and its one notification in one statement, so one implicit transaction:
+# the notification is delivered exactly when the events commit. The rows travel as one JSON
+# array (cheaper to send than a parameter per column), one statement for any group. The
+# unique (session_id, version) refuses the whole statement if another writer took one of
+# these versions since the head was read.
 INSERT = """
 WITH inserted AS (
     INSERT INTO events (session_id, version, type, status, progress, message, error, data,
                         actor, idempotency_key, recorded_at, prev_hash, hash)
-    SELECT %(session_id)s, b.version, b.type, b.status, b.progress, b.message, b.error,
-           b.data, %(actor)s, %(key)s, %(recorded_at)s, b.prev_hash, b.hash
+    SELECT b.session_id, b.version, b.type, b.status, b.progress, b.message, b.error,
+           b.data, b.actor, b.key, %(recorded_at)s, b.prev_hash, b.hash
     FROM json_to_recordset(%(rows)s::json) AS b(
-        version int, type text, status text, progress smallint, message text, error text,
-        data jsonb, prev_hash text, hash text
+        session_id uuid, version int, type text, status text, progress smallint,
+        message text, error text, data jsonb, actor text, key text, prev_hash text, hash text
     )
-    RETURNING version, position
+    RETURNING session_id, version, position
 ), announced AS (
     SELECT pg_notify(%(channel)s, %(announcement)s)
 )
-SELECT inserted.version, inserted.position FROM inserted, announced
+SELECT inserted.session_id, inserted.version, inserted.position FROM inserted, announced
 """
 
 # After a lost race: appends to the session queue on its advisory lock (a row lock would
@@ -152,24 +162,39 @@ def same_request(stored: Sequence[Event], batch: Sequence[NewEvent]) -> bool:
     )
 
 
+@dataclass(slots=True)
+class Request:
+    """One append waiting for its group; ``done`` carries its answer or its error."""
+
+    session_id: UUID
+    batch: Sequence[NewEvent]
+    actor: str
+    key: str | None
+    expected_version: int | None
+    done: asyncio.Future[AppendResult]
+
+    def succeed(self, result: AppendResult) -> None:
+        if not self.done.done():  # the caller may have gone (cancelled)
+            self.done.set_result(result)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(error)
+
+
 def insert_params(
-    session_id: UUID,
-    sealed: Sequence[Sealed],
-    *,
-    actor: str,
-    key: str | None,
-    recorded_at: datetime,
+    sealed: Sequence[tuple[Request, Sequence[Sealed]]], recorded_at: datetime
 ) -> dict[str, Any]:
     return {
-        "session_id": session_id,
         "channel": NOTIFY_CHANNEL,
-        "announcement": f"{session_id} {sealed[0].version} {sealed[-1].version}",
-        "actor": actor,
-        "key": key,
+        "announcement": "\n".join(
+            f"{r.session_id} {events[0].version} {events[-1].version}" for r, events in sealed
+        ),
         "recorded_at": recorded_at,
         "rows": json.dumps(
             [
                 {
+                    "session_id": str(r.session_id),
                     "version": s.version,
                     "type": s.type.value,
                     "status": s.status.value,
@@ -177,10 +202,13 @@ def insert_params(
                     "message": s.message,
                     "error": s.error,
                     "data": s.data,
+                    "actor": r.actor,
+                    "key": r.key,
                     "prev_hash": s.prev_hash,
                     "hash": s.hash,
                 }
-                for s in sealed
+                for r, events in sealed
+                for s in events
             ],
             ensure_ascii=False,
             allow_nan=False,
@@ -229,6 +257,9 @@ class EventLog:
             configure=configure,
             name="ledger-eventlog",
         )
+        self._waiting: list[Request] = []
+        self._busy: set[UUID] = set()  # sessions with an append in flight
+        self._groups: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         await self.pool.open()
@@ -248,72 +279,163 @@ class EventLog:
         """Append a batch atomically, chained and versioned, and notify in the same
         transaction.
 
-        Optimistic first: read the head, seal, insert. The unique ``(session_id, version)``
-        makes a concurrent writer's insert fail whole, and the chain stays exact because an
-        insert of version N+1 can only succeed on the version N it was sealed onto. The loser
-        retries under the session's advisory lock, where writers queue instead of racing.
+        Concurrent appends to different sessions go in groups: one head read and one insert
+        for the whole group, so one commit and one notification. PostgreSQL serialises the
+        commits of notifying transactions, which made them the ceiling of single-event
+        appends; a group shares one. Each request still stands alone: one that is refused
+        (unknown session, version mismatch, ended session) is left out of the insert, and
+        its answer is its own.
+
+        Optimistic: read the heads, seal, insert. The unique ``(session_id, version)`` makes
+        the insert fail whole if a writer elsewhere took a version, and the chain stays exact
+        because an insert of version N+1 can only succeed on the version N it was sealed
+        onto. The group's appends then retry one by one under their session's advisory lock,
+        where writers queue instead of racing.
         """
-        datas = json.dumps([n.data for n in batch], allow_nan=False)
-        for attempt in range(MAX_ATTEMPTS):
+        request = Request(
+            session_id,
+            batch,
+            actor,
+            idempotency_key,
+            expected_version,
+            asyncio.get_running_loop().create_future(),
+        )
+        self._waiting.append(request)
+        self._start_groups()
+        return await request.done
+
+    def _start_groups(self) -> None:
+        while self._waiting and len(self._groups) < GROUPS_IN_FLIGHT:
+            group: list[Request] = []
+            rest: list[Request] = []
+            events = 0
+            for request in self._waiting:
+                # One request per session in flight: a second must see the first's head.
+                if (
+                    request.session_id in self._busy
+                    or len(group) >= GROUP_REQUESTS
+                    or (group and events + len(request.batch) > GROUP_EVENTS)
+                ):
+                    rest.append(request)
+                    continue
+                group.append(request)
+                self._busy.add(request.session_id)
+                events += len(request.batch)
+            self._waiting = rest
+            if not group:
+                return
+            task = asyncio.create_task(self._run_group(group), name="ledger-append-group")
+            self._groups.add(task)
+
+    async def _run_group(self, group: list[Request]) -> None:
+        try:
             try:
                 async with self.pool.connection() as conn:
-                    if attempt == 0:
-                        return await self._try_append(
-                            conn, session_id, batch, datas, actor, idempotency_key, expected_version
-                        )
-                    async with conn.transaction():
-                        metrics.DB_STATEMENTS.inc()
-                        await conn.execute(LOCK, (advisory_key(session_id),))
-                        return await self._try_append(
-                            conn, session_id, batch, datas, actor, idempotency_key, expected_version
-                        )
+                    await self._try_group(conn, group)
             except UniqueViolation:
                 metrics.APPEND_RACES.inc()
-        raise Unavailable(f"session {session_id} is contended by too many writers: retry")
+                await asyncio.gather(*(self._append_locked(r) for r in group if not r.done.done()))
+            except Exception as exc:
+                for request in group:
+                    request.fail(exc)
+        finally:
+            for request in group:
+                # Interrupted (shutdown): whether it committed is unknown; a retry with its
+                # idempotency key finds out.
+                request.fail(Unavailable("the append was interrupted: retry"))
+                self._busy.discard(request.session_id)
+            self._groups.discard(asyncio.current_task())
+            self._start_groups()
 
-    async def _try_append(
-        self,
-        conn: AsyncConnection[Any],
-        session_id: UUID,
-        batch: Sequence[NewEvent],
-        datas: str,
-        actor: str,
-        key: str | None,
-        expected_version: int | None,
-    ) -> AppendResult:
+    async def _append_locked(self, request: Request) -> None:
+        try:
+            for _ in range(MAX_ATTEMPTS - 1):
+                try:
+                    async with self.pool.connection() as conn, conn.transaction():
+                        metrics.DB_STATEMENTS.inc()
+                        await conn.execute(LOCK, (advisory_key(request.session_id),))
+                        await self._try_group(conn, [request])
+                        return
+                except UniqueViolation:
+                    metrics.APPEND_RACES.inc()
+            request.fail(
+                Unavailable(f"session {request.session_id} is contended by too many writers")
+            )
+        except Exception as exc:
+            request.fail(exc)
+
+    async def _try_group(self, conn: AsyncConnection[Any], group: Sequence[Request]) -> None:
+        """Answer every request of the group; raises UniqueViolation if the insert lost a
+        race (the requests still unanswered are then exactly the ones to retry)."""
         metrics.DB_STATEMENTS.inc()
-        cursor = await conn.execute(HEAD, {"datas": datas, "session_id": session_id, "key": key})
-        row = await cursor.fetchone()
-        assert row is not None
-        recorded_at, stored_datas, exists, key_used, version, progress, last_hash, kind = row
+        cursor = await conn.execute(
+            HEAD,
+            {
+                "sids": [r.session_id for r in group],
+                "keys": [r.key for r in group],
+                "datas": [json.dumps([n.data for n in r.batch], allow_nan=False) for r in group],
+            },
+        )
+        heads = await cursor.fetchall()
+        recorded_at = heads[0][0]
+        sealed: list[tuple[Request, list[Sealed]]] = []
+        for request, row in zip(group, heads, strict=True):
+            try:
+                outcome = await self._decide(conn, request, row)
+            except LedgerError as refused:
+                request.fail(refused)
+                continue
+            if isinstance(outcome, AppendResult):
+                request.succeed(outcome)
+            else:
+                sealed.append((request, outcome))
+        if not sealed:
+            return
+        metrics.DB_STATEMENTS.inc()
+        cursor = await conn.execute(INSERT, insert_params(sealed, recorded_at))
+        positions: dict[tuple[UUID, int], int] = {
+            (sid, version): position for sid, version, position in await cursor.fetchall()
+        }
+        for request, events in sealed:
+            sid, actor = request.session_id, request.actor
+            request.succeed(
+                AppendResult(
+                    [
+                        s.stored(
+                            sid, positions[sid, s.version], actor=actor, recorded_at=recorded_at
+                        )
+                        for s in events
+                    ],
+                    replayed=False,
+                )
+            )
+
+    @staticmethod
+    async def _decide(
+        conn: AsyncConnection[Any], request: Request, head_row: Sequence[Any]
+    ) -> AppendResult | list[Sealed]:
+        """One request against its session's head: its sealed events, or the events its
+        idempotency key already stored."""
+        recorded_at, stored_datas, exists, key_used, version, progress, last_hash, kind = head_row
+        session_id = request.session_id
         if not exists:
             raise NotFound(f"session {session_id} not found")
         if key_used:
-            stored = await fetch_events(conn, BY_KEY, (session_id, key))
-            if not same_request(stored, batch):
+            stored = await fetch_events(conn, BY_KEY, (session_id, request.key))
+            if not same_request(stored, request.batch):
                 raise Unprocessable("Idempotency-Key was already used for a different request")
             return AppendResult(stored, replayed=True)
         head = Head()
         if version is not None:
             head = Head(version, progress, last_hash, EventType(kind) in TERMINAL_TYPES)
-        if expected_version is not None and expected_version != head.version:
-            raise Conflict(
-                f"expected version {expected_version}, but the session is at {head.version}"
-            )
+        expected = request.expected_version
+        if expected is not None and expected != head.version:
+            raise Conflict(f"expected version {expected}, but the session is at {head.version}")
         normalised = [
             NewEvent(n.status, n.progress, n.message, n.error, data)
-            for n, data in zip(batch, stored_datas, strict=True)
+            for n, data in zip(request.batch, stored_datas, strict=True)
         ]
-        sealed = seal(session_id, head, normalised, actor=actor, recorded_at=recorded_at)
-        params = insert_params(session_id, sealed, actor=actor, key=key, recorded_at=recorded_at)
-        metrics.DB_STATEMENTS.inc()
-        cursor = await conn.execute(INSERT, params)
-        positions: dict[int, int] = dict(await cursor.fetchall())
-        appended = [
-            s.stored(session_id, positions[s.version], actor=actor, recorded_at=recorded_at)
-            for s in sealed
-        ]
-        return AppendResult(appended, replayed=False)
+        return seal(session_id, head, normalised, actor=request.actor, recorded_at=recorded_at)
 
     async def _fetch(self, query: str, params: Sequence[Any]) -> list[Event]:
         async with self.pool.connection() as conn:

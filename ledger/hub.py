@@ -256,22 +256,24 @@ class Hub:
         self.revoke(str(therapist_id), str(patient_id))
 
     def _note(self, payload: str) -> None:
+        """A notification names one line per session: ``<session> <from> <to>``."""
         metrics.NOTIFICATIONS.inc()
         for sub in self._global:
             sub.catch_up()
-        try:
-            raw_id, raw_lo, raw_hi = payload.split(" ")
-            session_id, lo, hi = UUID(raw_id), int(raw_lo), int(raw_hi)
-        except ValueError:
-            log.warning("ignoring malformed notification %r", payload)
-            return
-        if session_id not in self._sessions:
-            return
-        known = self._pending.get(session_id)
-        if known is not None:
-            lo, hi = min(lo, known[0]), max(hi, known[1])
-        self._pending[session_id] = (lo, hi)
-        if self._dispatching is None or self._dispatching.done():
+        for line in payload.split("\n"):
+            try:
+                raw_id, raw_lo, raw_hi = line.split(" ")
+                session_id, lo, hi = UUID(raw_id), int(raw_lo), int(raw_hi)
+            except ValueError:
+                log.warning("ignoring malformed notification %r", line)
+                continue
+            if session_id not in self._sessions:
+                continue
+            known = self._pending.get(session_id)
+            if known is not None:
+                lo, hi = min(lo, known[0]), max(hi, known[1])
+            self._pending[session_id] = (lo, hi)
+        if self._pending and (self._dispatching is None or self._dispatching.done()):
             self._dispatching = asyncio.create_task(self._dispatch(), name="ledger-dispatch")
 
     async def _dispatch(self) -> None:

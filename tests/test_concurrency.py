@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from ledger.domain import NewEvent, Status, verify_chain
-from ledger.eventlog import EventLog
+from ledger.errors import NotFound
+from ledger.eventlog import NOTIFY_CHANNEL, AppendResult, EventLog
 from tests.support import LiveServer, append, create_session, load_events
 
 
@@ -83,25 +84,30 @@ def test_concurrent_appenders(
 async def test_writers_that_lose_a_race_retry_and_leave_an_exact_chain(
     database_url: str, db: psycopg.Connection[Any]
 ) -> None:
-    """Twenty appends to one session at once on twenty connections: all read the same head,
-    one insert wins each version, the others lose on the unique version and retry under the
-    session's lock. Every append lands exactly once, in a gap-free chain."""
+    """Twenty appends to one session at once from two event logs (two processes): within a
+    process they queue, but the processes race. Both read the same head, one insert wins
+    each version, the other loses on the unique version and retries under the session's
+    lock. Every append lands exactly once, in a gap-free chain."""
     session = uuid.uuid4()
     db.execute(
         "INSERT INTO sessions (id, patient_id, created_at) VALUES (%s, 'p', now())", (session,)
     )
-    log = EventLog(database_url, size=20)
-    await log.open()
+    logs = [EventLog(database_url, size=10) for _ in range(2)]
+    for log in logs:
+        await log.open()
     races = REGISTRY.get_sample_value("ledger_append_races_total") or 0.0
     try:
         results = await asyncio.gather(
             *(
-                log.append(session, [NewEvent(Status.TRANSCRIBING, i, f"writer {i}")], actor="t")
+                logs[i % 2].append(
+                    session, [NewEvent(Status.TRANSCRIBING, i, f"writer {i}")], actor="t"
+                )
                 for i in range(20)
             )
         )
     finally:
-        await log.close()
+        for log in logs:
+            await log.close()
     assert (REGISTRY.get_sample_value("ledger_append_races_total") or 0.0) > races, "raced"
     versions = sorted(r.events[0].version for r in results)
     assert versions == list(range(1, 21))
@@ -109,3 +115,45 @@ async def test_writers_that_lose_a_race_retry_and_leave_an_exact_chain(
     assert [e.version for e in stored] == versions
     assert sorted(e.message for e in stored) == sorted(f"writer {i}" for i in range(20))
     assert verify_chain(stored) is None
+
+
+async def test_concurrent_appends_share_one_commit_and_one_notification(
+    database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """Appends to different sessions at once go in groups: fewer notifications than
+    appends, each naming every session of its commit, and each request still answered on
+    its own (one refused, the others stored and chained)."""
+    sessions = [uuid.uuid4() for _ in range(12)]
+    for session in sessions:
+        db.execute(
+            "INSERT INTO sessions (id, patient_id, created_at) VALUES (%s, 'p', now())",
+            (session,),
+        )
+    missing = uuid.uuid4()
+    log = EventLog(database_url, size=10)
+    await log.open()
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        try:
+            results = await asyncio.gather(
+                *(
+                    log.append(
+                        s, [NewEvent(Status.QUEUED, 1, None), NewEvent(Status.QUEUED)], actor="t"
+                    )
+                    for s in [*sessions, missing]
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            await log.close()
+        payloads = [n.payload for n in listener.notifies(timeout=1)]
+    assert isinstance(results[-1], NotFound)
+    announced = [line for payload in payloads for line in payload.split("\n")]
+    assert sorted(announced) == sorted(f"{s} 1 2" for s in sessions)
+    assert len(payloads) < len(sessions), "the appends were not grouped"
+    for session, result in zip(sessions, results, strict=False):
+        assert isinstance(result, AppendResult)
+        assert [e.version for e in result.events] == [1, 2]
+        stored = load_events(db, str(session))
+        assert [e.position for e in stored] == [e.position for e in result.events]
+        assert verify_chain(stored) is None

@@ -3,9 +3,9 @@
 FastAPI's request handling (solving the dependency graph, validating each parameter, its
 exit stacks) cost a single-event append about a fifth of its server CPU (py-spy, under the
 benchmark's load). For a stream it stays alive as long as the connection: about 4.5 KiB of
-every idle stream's 32. A lean route runs the same endpoint function with its dependencies resolved by
-the same functions, so a regular request gets the same answer; errors still reach the app's
-exception handlers.
+every idle stream's 32. A lean route runs the same endpoint function with its dependencies
+resolved by the same functions, so a regular request gets the same answer; errors still
+reach the app's exception handlers.
 
 A lean route only takes the regular case. Anything else (a malformed path, header or body)
 makes it raise :class:`Decline`, and the request goes to the declared FastAPI route, which
