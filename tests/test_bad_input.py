@@ -81,6 +81,10 @@ RAW_BODIES = [
     ("malformed JSON", b'{"status": "queued"'),
     ("NaN", b'{"status": "queued", "data": {"x": NaN}}'),
     ("Infinity", b'{"status": "queued", "data": {"x": Infinity}}'),
+    # JSON can escape half of a surrogate pair; UTF-8 (and PostgreSQL) cannot hold it.
+    ("unpaired surrogate in data", b'{"status": "queued", "data": {"x": "\\ud800"}}'),
+    ("unpaired surrogate in a data key", b'{"status": "queued", "data": {"\\udc00": 1}}'),
+    ("unpaired surrogate in message", b'{"status": "queued", "message": "a\\ud800"}'),
     ("not JSON at all", b"status=queued"),
 ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -24,11 +25,16 @@ MAX_VERSION = 2**31 - 1
 MAX_POSITION = 2**63 - 1
 
 
-def _no_nul(value: str) -> str:
-    # PostgreSQL text and jsonb cannot hold U+0000; refuse it here instead of failing there.
+UNPAIRED_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _storable_text(value: str) -> None:
+    # PostgreSQL text and jsonb hold neither U+0000 nor an unpaired surrogate (which JSON's
+    # "\ud800" escape can carry but UTF-8 cannot): refuse them here instead of failing there.
     if "\x00" in value:
         raise ValueError("must not contain the NUL character")
-    return value
+    if not value.isascii() and UNPAIRED_SURROGATE.search(value):
+        raise ValueError("must not contain an unpaired surrogate (not valid Unicode)")
 
 
 def _storable_json(value: Any, depth: int = 0) -> None:
@@ -37,10 +43,10 @@ def _storable_json(value: Any, depth: int = 0) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("numbers must be finite (no NaN or Infinity)")
     if isinstance(value, str):
-        _no_nul(value)
+        _storable_text(value)
     elif isinstance(value, dict):
         for key, item in value.items():
-            _no_nul(key)
+            _storable_text(key)
             _storable_json(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
