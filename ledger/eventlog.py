@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from psycopg import AsyncConnection, OperationalError
+from psycopg import AsyncConnection, DatabaseError, OperationalError
 from psycopg.errors import UniqueViolation
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
@@ -182,6 +182,10 @@ class Request:
             self.done.set_exception(error)
 
 
+def unanswered(group: Sequence[Request]) -> list[Request]:
+    return [request for request in group if not request.done.done()]
+
+
 def insert_params(
     sealed: Sequence[tuple[Request, Sequence[Sealed]]], recorded_at: datetime
 ) -> dict[str, Any]:
@@ -329,15 +333,7 @@ class EventLog:
 
     async def _run_group(self, group: list[Request]) -> None:
         try:
-            try:
-                async with self.pool.connection() as conn:
-                    await self._try_group(conn, group)
-            except UniqueViolation:
-                metrics.APPEND_RACES.inc()
-                await asyncio.gather(*(self._append_locked(r) for r in group if not r.done.done()))
-            except Exception as exc:
-                for request in group:
-                    request.fail(exc)
+            await self._attempt(group)
         finally:
             for request in group:
                 # Interrupted (shutdown): whether it committed is unknown; a retry with its
@@ -346,6 +342,25 @@ class EventLog:
                 self._busy.discard(request.session_id)
             self._groups.discard(asyncio.current_task())
             self._start_groups()
+
+    async def _attempt(self, group: list[Request]) -> None:
+        try:
+            async with self.pool.connection() as conn:
+                await self._try_group(conn, group)
+        except UniqueViolation:
+            metrics.APPEND_RACES.inc()
+            await asyncio.gather(*(self._append_locked(r) for r in unanswered(group)))
+        except DatabaseError as exc:
+            if isinstance(exc, OperationalError) or len(group) == 1:
+                for request in group:
+                    request.fail(exc)
+                return
+            # The database refused something in one request's data: each alone, so that
+            # only that one fails.
+            await asyncio.gather(*(self._attempt([r]) for r in unanswered(group)))
+        except Exception as exc:
+            for request in group:
+                request.fail(exc)
 
     async def _append_locked(self, request: Request) -> None:
         try:

@@ -157,3 +157,42 @@ async def test_concurrent_appends_share_one_commit_and_one_notification(
         stored = load_events(db, str(session))
         assert [e.position for e in stored] == [e.position for e in result.events]
         assert verify_chain(stored) is None
+
+
+async def test_a_request_the_database_refuses_fails_alone(
+    database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """The API refuses what PostgreSQL cannot store, but should anything reach the database
+    and be refused there, only its own request fails, not the others of its group."""
+    sessions = [uuid.uuid4() for _ in range(12)]
+    bad = 9  # past the first groups (one request each): in a group with others
+    for session in sessions:
+        db.execute(
+            "INSERT INTO sessions (id, patient_id, created_at) VALUES (%s, 'p', now())",
+            (session,),
+        )
+    unstorable = {"x": "\ud800"}  # an unpaired surrogate: jsonb refuses it
+    log = EventLog(database_url, size=10)
+    await log.open()
+    try:
+        results = await asyncio.gather(
+            *(
+                log.append(
+                    s,
+                    [NewEvent(Status.QUEUED, 1, None, None, unstorable if i == bad else {})],
+                    actor="t",
+                )
+                for i, s in enumerate(sessions)
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        await log.close()
+    assert isinstance(results[bad], psycopg.DataError)
+    for index, (session, result) in enumerate(zip(sessions, results, strict=True)):
+        stored = load_events(db, str(session))
+        if index == bad:
+            assert stored == []
+        else:
+            assert isinstance(result, AppendResult)
+            assert [e.version for e in stored] == [1]
