@@ -501,6 +501,7 @@ def streaming_figures(server: ServerProcess, url: str, token: str, quick: bool) 
                 met=streamed[name] <= target,
                 notes={
                     "received": streamed["received"],
+                    "expected": streamed["expected"],
                     "client_cpu_percent": streamed["client_cpu_percent"],
                 },
             )
@@ -513,7 +514,11 @@ def streaming_figures(server: ServerProcess, url: str, token: str, quick: bool) 
             unit="ms",
             target="<= 100 ms",
             met=one["p99_ms"] <= 100,
-            notes={"received": one["received"], "client_cpu_percent": one["client_cpu_percent"]},
+            notes={
+                "received": one["received"],
+                "expected": one["expected"],
+                "client_cpu_percent": one["client_cpu_percent"],
+            },
         )
     )
     if ceiling is not None:
@@ -572,6 +577,7 @@ def versus_nchan(scenario: str, ours: dict[str, Any], theirs: dict[str, Any]) ->
         notes={
             "nchan_p50_ms": round(theirs["p50_ms"], 2),
             "nchan_received": theirs["received"],
+            "nchan_expected": theirs["expected"],
             "nchan_client_cpu_percent": theirs["client_cpu_percent"],
         },
     )

@@ -235,6 +235,8 @@ async def latency(
     return {
         "appends": sent,
         "received": len(samples),
+        # Every subscriber of a session gets each of its events (pollers may skip some).
+        "expected": sent * subscribers // len(sessions) if poll_interval is None else None,
         "p50_ms": statistics.median(millis) if millis else None,
         "p99_ms": percentile(millis, 0.99) if millis else None,
     }

@@ -30,6 +30,10 @@ def test_bench_quick_writes_a_report(pg_server_url: str, tmp_path: Path) -> None
     # Every figure was measured; only the idle statement rate may truly be zero.
     assert all(r["value"] > 0 for r in report["results"] if r["unit"] != "/s")
     assert all(r["value"] >= 0 for r in report["results"])
+    # Streams deliver nothing twice (whether all arrived within the wait is timing).
+    streamed = [r for r in report["results"] if "expected" in (r["notes"] or {})]
+    assert len(streamed) == 3
+    assert all(0 < r["notes"]["received"] <= r["notes"]["expected"] for r in streamed)
     # .ci/run installs nginx with the Nchan module: the comparison runs under the same load.
     if nchan.available():
         versus = [r for r in report["results"] if r["metric"] == "p99 as a multiple of Nchan's"]
