@@ -5,8 +5,8 @@ and every notification. Through SQLAlchemy's async engine an append cost about 2
 Python (statement cache keys, the greenlet bridge, a pre-ping, and BEGIN, lock, head,
 insert, notify and COMMIT as six round trips); here it is two fixed statements that psycopg
 prepares once per connection, about 0.4 ms: the head read, and the insert that carries its
-own notification. Everything less frequent stays in :mod:`ledger.store` with SQLAlchemy
-Core.
+own notification, each shared by a group of concurrent appends. Everything less frequent
+stays in :mod:`ledger.store` with SQLAlchemy Core.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def same_request(stored: Sequence[Event], batch: Sequence[NewEvent]) -> bool:
 
 
 @dataclass(slots=True)
-class Request:
+class PendingAppend:
     """One append waiting for its group; ``done`` carries its answer or its error."""
 
     session_id: UUID
@@ -182,12 +182,12 @@ class Request:
             self.done.set_exception(error)
 
 
-def unanswered(group: Sequence[Request]) -> list[Request]:
+def unanswered(group: Sequence[PendingAppend]) -> list[PendingAppend]:
     return [request for request in group if not request.done.done()]
 
 
 def insert_params(
-    sealed: Sequence[tuple[Request, Sequence[Sealed]]], recorded_at: datetime
+    sealed: Sequence[tuple[PendingAppend, Sequence[Sealed]]], recorded_at: datetime
 ) -> dict[str, Any]:
     return {
         "channel": NOTIFY_CHANNEL,
@@ -261,7 +261,7 @@ class EventLog:
             configure=configure,
             name="ledger-eventlog",
         )
-        self._waiting: list[Request] = []
+        self._waiting: list[PendingAppend] = []
         self._busy: set[UUID] = set()  # sessions with an append in flight
         self._groups: set[asyncio.Task[None]] = set()
 
@@ -296,7 +296,7 @@ class EventLog:
         onto. The group's appends then retry one by one under their session's advisory lock,
         where writers queue instead of racing.
         """
-        request = Request(
+        request = PendingAppend(
             session_id,
             batch,
             actor,
@@ -310,8 +310,8 @@ class EventLog:
 
     def _start_groups(self) -> None:
         while self._waiting and len(self._groups) < GROUPS_IN_FLIGHT:
-            group: list[Request] = []
-            rest: list[Request] = []
+            group: list[PendingAppend] = []
+            rest: list[PendingAppend] = []
             events = 0
             for request in self._waiting:
                 # One request per session in flight: a second must see the first's head.
@@ -331,7 +331,7 @@ class EventLog:
             task = asyncio.create_task(self._run_group(group), name="ledger-append-group")
             self._groups.add(task)
 
-    async def _run_group(self, group: list[Request]) -> None:
+    async def _run_group(self, group: list[PendingAppend]) -> None:
         try:
             await self._attempt(group)
         finally:
@@ -343,7 +343,7 @@ class EventLog:
             self._groups.discard(asyncio.current_task())
             self._start_groups()
 
-    async def _attempt(self, group: list[Request]) -> None:
+    async def _attempt(self, group: list[PendingAppend]) -> None:
         try:
             async with self.pool.connection() as conn:
                 await self._try_group(conn, group)
@@ -362,7 +362,7 @@ class EventLog:
             for request in group:
                 request.fail(exc)
 
-    async def _append_locked(self, request: Request) -> None:
+    async def _append_locked(self, request: PendingAppend) -> None:
         try:
             for _ in range(MAX_ATTEMPTS - 1):
                 try:
@@ -379,7 +379,7 @@ class EventLog:
         except Exception as exc:
             request.fail(exc)
 
-    async def _try_group(self, conn: AsyncConnection[Any], group: Sequence[Request]) -> None:
+    async def _try_group(self, conn: AsyncConnection[Any], group: Sequence[PendingAppend]) -> None:
         """Answer every request of the group; raises UniqueViolation if the insert lost a
         race (the requests still unanswered are then exactly the ones to retry)."""
         metrics.DB_STATEMENTS.inc()
@@ -393,7 +393,7 @@ class EventLog:
         )
         heads = await cursor.fetchall()
         recorded_at = heads[0][0]
-        sealed: list[tuple[Request, list[Sealed]]] = []
+        sealed: list[tuple[PendingAppend, list[Sealed]]] = []
         for request, row in zip(group, heads, strict=True):
             try:
                 outcome = await self._decide(conn, request, row)
@@ -427,7 +427,7 @@ class EventLog:
 
     @staticmethod
     async def _decide(
-        conn: AsyncConnection[Any], request: Request, head_row: Sequence[Any]
+        conn: AsyncConnection[Any], request: PendingAppend, head_row: Sequence[Any]
     ) -> AppendResult | list[Sealed]:
         """One request against its session's head: its sealed events, or the events its
         idempotency key already stored."""
