@@ -182,6 +182,18 @@ class PendingAppend:
             self.done.set_exception(error)
 
 
+# A request's answer: its result, or the reason it was refused.
+Answer = tuple[PendingAppend, AppendResult | LedgerError]
+
+
+def answer(answers: Sequence[Answer]) -> None:
+    for request, outcome in answers:
+        if isinstance(outcome, LedgerError):
+            request.fail(outcome)
+        else:
+            request.succeed(outcome)
+
+
 def unanswered(group: Sequence[PendingAppend]) -> list[PendingAppend]:
     return [request for request in group if not request.done.done()]
 
@@ -264,6 +276,7 @@ class EventLog:
         self._waiting: list[PendingAppend] = []
         self._busy: set[UUID] = set()  # sessions with an append in flight
         self._groups: set[asyncio.Task[None]] = set()
+        self._locked_slots = asyncio.Semaphore(max(1, size // 2))
 
     async def open(self) -> None:
         await self.pool.open()
@@ -314,6 +327,8 @@ class EventLog:
             rest: list[PendingAppend] = []
             events = 0
             for request in self._waiting:
+                if request.done.done():
+                    continue  # its caller went away before it was sent: nothing to do
                 # One request per session in flight: a second must see the first's head.
                 if (
                     request.session_id in self._busy
@@ -346,7 +361,8 @@ class EventLog:
     async def _attempt(self, group: list[PendingAppend]) -> None:
         try:
             async with self.pool.connection() as conn:
-                await self._try_group(conn, group)
+                answers = await self._try_group(conn, group)
+            answer(answers)  # autocommit: the insert has committed
         except UniqueViolation:
             metrics.APPEND_RACES.inc()
             await asyncio.gather(*(self._append_locked(r) for r in unanswered(group)))
@@ -364,24 +380,29 @@ class EventLog:
 
     async def _append_locked(self, request: PendingAppend) -> None:
         try:
-            for _ in range(MAX_ATTEMPTS - 1):
-                try:
-                    async with self.pool.connection() as conn, conn.transaction():
-                        metrics.DB_STATEMENTS.inc()
-                        await conn.execute(LOCK, (advisory_key(request.session_id),))
-                        await self._try_group(conn, [request])
+            # A lost race sends a whole group here: at most half the pool waits on locks.
+            async with self._locked_slots:
+                for _ in range(MAX_ATTEMPTS - 1):
+                    try:
+                        async with self.pool.connection() as conn, conn.transaction():
+                            metrics.DB_STATEMENTS.inc()
+                            await conn.execute(LOCK, (advisory_key(request.session_id),))
+                            answers = await self._try_group(conn, [request])
+                        answer(answers)  # only now: the transaction has committed
                         return
-                except UniqueViolation:
-                    metrics.APPEND_RACES.inc()
+                    except UniqueViolation:
+                        metrics.APPEND_RACES.inc()
             request.fail(
-                Unavailable(f"session {request.session_id} is contended by too many writers")
+                Unavailable(f"session {request.session_id} is contended by too many writers: retry")
             )
         except Exception as exc:
             request.fail(exc)
 
-    async def _try_group(self, conn: AsyncConnection[Any], group: Sequence[PendingAppend]) -> None:
-        """Answer every request of the group; raises UniqueViolation if the insert lost a
-        race (the requests still unanswered are then exactly the ones to retry)."""
+    async def _try_group(
+        self, conn: AsyncConnection[Any], group: Sequence[PendingAppend]
+    ) -> list[Answer]:
+        """Every request's answer, to be given once the insert has committed; raises
+        UniqueViolation if the insert lost a race."""
         metrics.DB_STATEMENTS.inc()
         cursor = await conn.execute(
             HEAD,
@@ -393,19 +414,20 @@ class EventLog:
         )
         heads = await cursor.fetchall()
         recorded_at = heads[0][0]
+        answers: list[Answer] = []
         sealed: list[tuple[PendingAppend, list[Sealed]]] = []
         for request, row in zip(group, heads, strict=True):
             try:
                 outcome = await self._decide(conn, request, row)
             except LedgerError as refused:
-                request.fail(refused)
+                answers.append((request, refused))
                 continue
             if isinstance(outcome, AppendResult):
-                request.succeed(outcome)
+                answers.append((request, outcome))
             else:
                 sealed.append((request, outcome))
         if not sealed:
-            return
+            return answers
         metrics.DB_STATEMENTS.inc()
         cursor = await conn.execute(INSERT, insert_params(sealed, recorded_at))
         positions: dict[tuple[UUID, int], int] = {
@@ -413,17 +435,12 @@ class EventLog:
         }
         for request, events in sealed:
             sid, actor = request.session_id, request.actor
-            request.succeed(
-                AppendResult(
-                    [
-                        s.stored(
-                            sid, positions[sid, s.version], actor=actor, recorded_at=recorded_at
-                        )
-                        for s in events
-                    ],
-                    replayed=False,
-                )
-            )
+            stored = [
+                s.stored(sid, positions[sid, s.version], actor=actor, recorded_at=recorded_at)
+                for s in events
+            ]
+            answers.append((request, AppendResult(stored, replayed=False)))
+        return answers
 
     @staticmethod
     async def _decide(

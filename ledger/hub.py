@@ -265,7 +265,10 @@ class Hub:
                 raw_id, raw_lo, raw_hi = line.split(" ")
                 session_id, lo, hi = UUID(raw_id), int(raw_lo), int(raw_hi)
             except ValueError:
-                log.warning("ignoring malformed notification %r", line)
+                # Unreadable (another version's format?): whatever it announced is in the
+                # table, so everyone looks there.
+                log.warning("unreadable notification %r: every subscriber catches up", line)
+                self._everyone_catches_up()
                 continue
             if session_id not in self._sessions:
                 continue

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
@@ -196,3 +197,52 @@ async def test_a_request_the_database_refuses_fails_alone(
         else:
             assert isinstance(result, AppendResult)
             assert [e.version for e in stored] == [1]
+
+
+async def test_a_retried_append_is_answered_only_after_its_commit(
+    database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """After a lost race the append retries in a transaction; its answer must wait for that
+    transaction's commit. Here the first insert loses a (simulated) race and the retry's
+    commit fails (as a dropped connection or a full NOTIFY queue would make it): the caller
+    must get the error, and nothing is stored."""
+    session = uuid.uuid4()
+    db.execute(
+        "INSERT INTO sessions (id, patient_id, created_at) VALUES (%s, 'p', now())", (session,)
+    )
+    db.execute("CREATE SEQUENCE race_once")
+    db.execute(
+        """
+        CREATE FUNCTION lose_first_race() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF nextval('race_once') = 1 THEN  -- a sequence is not rolled back
+                RAISE unique_violation USING MESSAGE = 'simulated lost race';
+            END IF;
+            RETURN NEW;
+        END $$
+        """
+    )
+    db.execute(
+        "CREATE TRIGGER race BEFORE INSERT ON events FOR EACH ROW"
+        " EXECUTE FUNCTION lose_first_race()"
+    )
+    db.execute(
+        """
+        CREATE FUNCTION fail_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'the commit failed'; END $$
+        """
+    )
+    db.execute(
+        "CREATE CONSTRAINT TRIGGER at_commit AFTER INSERT ON events"
+        " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION fail_at_commit()"
+    )
+    races = REGISTRY.get_sample_value("ledger_append_races_total") or 0.0
+    log = EventLog(database_url, size=4)
+    await log.open()
+    try:
+        with pytest.raises(psycopg.errors.RaiseException, match="the commit failed"):
+            await log.append(session, [NewEvent(Status.QUEUED)], actor="t")
+    finally:
+        await log.close()
+    assert (REGISTRY.get_sample_value("ledger_append_races_total") or 0.0) > races
+    assert load_events(db, str(session)) == []

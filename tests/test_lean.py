@@ -212,3 +212,18 @@ def test_stream_routes_decline_to_the_declared_routes(server: LiveServer, declar
                 answers.append((response.status_code, response.json()))
         assert answers[0] == answers[1], path
         assert answers[0][0] in (400, 401, 404, 422), path
+
+
+def test_stream_routes_answer_other_methods_as_declared(server: LiveServer, declared: str) -> None:
+    """Starlette adds HEAD to a GET route, FastAPI does not: a HEAD must not open a stream."""
+    auth = {"Authorization": f"Bearer {token('admin', 'root')}"}
+    with httpx.Client(base_url=server.base_url) as client:
+        session = create_session(client)
+    for method in ("HEAD", "POST", "PUT"):
+        for path in (f"/api/sessions/{session}/status/stream", "/api/events/stream"):
+            answers = []
+            for base_url in (server.base_url, declared):
+                with httpx.Client(base_url=base_url, timeout=5) as client:
+                    response = client.request(method, path, headers=auth)
+                    answers.append((response.status_code, response.headers.get("allow")))
+            assert answers[0] == answers[1] == (405, "GET"), (method, path, answers)

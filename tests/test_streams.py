@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
+from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from tests.support import (
@@ -224,3 +227,30 @@ def test_lean_stream_routes_answer_as_declared(server: LiveServer) -> None:
         paths = client.get("/openapi.json").json()["paths"]
         assert "get" in paths["/api/sessions/{session_id}/status/stream"]
         assert "get" in paths["/api/events/stream"]
+
+
+def test_an_unreadable_notification_sends_streams_to_the_table(
+    server: LiveServer, server_db: psycopg.Connection[Any]
+) -> None:
+    """A notification in a format this process cannot read (another version's, say) may
+    have announced anything: every stream catches up from the table instead of missing it."""
+    with server.client() as client:
+        session_id = create_session(client)
+    with stream(server, path(session_id), read_timeout=5) as response:
+        messages = iter_sse(response)
+        next(messages)  # the retry hint: the subscription exists
+        server_db.execute(
+            """
+            INSERT INTO events (session_id, version, type, status, progress, actor,
+                                recorded_at, prev_hash, hash)
+            VALUES (%s, 1, 'progress', 'queued', 0, 'elsewhere', clock_timestamp(),
+                    repeat('0', 64), repeat('f', 64))
+            """,
+            (session_id,),
+        )
+        server_db.execute("SELECT pg_notify('ledger_events', 'a format from elsewhere')")
+        # Heartbeats come every second: a missed event shows within ~20 of them.
+        found = take(event_messages(itertools.islice(messages, 20)), 1)
+    assert found, "the event never reached the stream"
+    assert found[0].id == "1"
+    assert json.loads(found[0].data or "")["actor"] == "elsewhere"

@@ -21,7 +21,7 @@ from typing import Any
 from uuid import UUID
 
 from fastapi import FastAPI
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -97,8 +97,12 @@ class _Endpoint:
         try:
             response = await self.serve(request)
         except Decline:
+            try:
+                body = await request.body()
+            except ClientDisconnect:
+                return  # nobody to answer
             scope[DECLINED] = True
-            await self.router(scope, replaying(await request.body(), receive), send)
+            await self.router(scope, replaying(body, receive), send)
             return
         await response(scope, receive, send)
 
@@ -106,6 +110,9 @@ class _Endpoint:
 class LeanRoute(Route):
     def __init__(self, path: str, method: str, serve: Serve, router: ASGIApp) -> None:
         super().__init__(path, _Endpoint(serve, router), methods=[method], include_in_schema=False)
+        # Starlette adds HEAD to every GET route; FastAPI's declared routes do not (a HEAD
+        # on a stream would open one), so neither does a lean one.
+        self.methods = {method}
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if DECLINED in scope:
