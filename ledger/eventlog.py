@@ -168,6 +168,8 @@ class PendingAppend:
 
     session_id: UUID
     batch: Sequence[NewEvent]
+    # The batch's data as JSON, once: the head read hands it to jsonb (on every retry too).
+    datas: str
     actor: str
     key: str | None
     expected_version: int | None
@@ -312,6 +314,7 @@ class EventLog:
         request = PendingAppend(
             session_id,
             batch,
+            json.dumps([n.data for n in batch], allow_nan=False),
             actor,
             idempotency_key,
             expected_version,
@@ -350,11 +353,11 @@ class EventLog:
         try:
             await self._attempt(group)
         finally:
-            for request in group:
+            for request in unanswered(group):
                 # Interrupted (shutdown): whether it committed is unknown; a retry with its
                 # idempotency key finds out.
                 request.fail(Unavailable("the append was interrupted: retry"))
-                self._busy.discard(request.session_id)
+            self._busy.difference_update(request.session_id for request in group)
             self._groups.discard(asyncio.current_task())
             self._start_groups()
 
@@ -409,7 +412,7 @@ class EventLog:
             {
                 "sids": [r.session_id for r in group],
                 "keys": [r.key for r in group],
-                "datas": [json.dumps([n.data for n in r.batch], allow_nan=False) for r in group],
+                "datas": [r.datas for r in group],
             },
         )
         heads = await cursor.fetchall()

@@ -10,14 +10,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-import httpx
-
-from ledger.serverproc import free_port
+from ledger.serverproc import free_port, wait_for_http
 
 MODULE_PATHS = (
     Path("/usr/lib/nginx/modules/ngx_nchan_module.so"),
@@ -99,18 +96,14 @@ class Nchan:
         return self
 
     def _wait_ready(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                log = (self.directory / "error.log").read_text(errors="replace")
-                raise RuntimeError(f"nginx exited early:\n{log}")
-            try:
-                httpx.get(f"http://127.0.0.1:{self.port}/pub/ready", timeout=1)
-                return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise RuntimeError("nginx did not start listening")
+        assert self.process is not None
+        wait_for_http(
+            self.process,
+            f"http://127.0.0.1:{self.port}/pub/ready",
+            name="nginx",
+            log=lambda: (self.directory / "error.log").read_text(errors="replace"),
+            timeout=timeout,
+        )
 
     def __exit__(
         self,

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -20,6 +21,30 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def wait_for_http(
+    process: subprocess.Popen[bytes],
+    url: str,
+    *,
+    name: str,
+    log: Callable[[], str],
+    timeout: float,
+    ready: Callable[[httpx.Response], bool] = lambda response: True,
+) -> None:
+    """Until ``url`` answers (as ``ready`` wants); a process that exits fails at once, with
+    its log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited early:\n{log()}")
+        try:
+            if ready(httpx.get(url, timeout=1)):
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{name} not ready in {timeout}s:\n{log()}")
 
 
 @dataclass
@@ -58,18 +83,15 @@ class ServerProcess:
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"server not ready in {timeout}s:\n{self.log()}")
+        assert self.process is not None
+        wait_for_http(
+            self.process,
+            f"{self.base_url}/readyz",
+            name="server",
+            log=self.log,
+            timeout=timeout,
+            ready=lambda response: response.status_code == 200,
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""

@@ -23,7 +23,7 @@ from uuid import UUID
 from fastapi import FastAPI
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Match, Route
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ledger.api.limits import replaying
@@ -126,5 +126,7 @@ class LeanRoute(Route):
 
 def install(app: FastAPI, routes: list[tuple[str, str, Serve]]) -> None:
     """Put the lean routes first, so they see the declared routes' requests first."""
-    lean: list[Any] = [LeanRoute(path, method, serve, app.router) for path, method, serve in routes]
+    lean: list[BaseRoute] = [
+        LeanRoute(path, method, serve, app.router) for path, method, serve in routes
+    ]
     app.router.routes[:0] = lean
