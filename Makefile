@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test test-unit lint format bench clean
 
 install: $(STAMP)
 
@@ -21,10 +21,15 @@ run: install
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# Pure logic and live/ against an in-memory ledger: no database, seconds.
+test-unit: install
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # The fan-out comparison needs nginx with the Nchan module; as root on Debian, get it.
 bench: install
@@ -32,7 +37,7 @@ bench: install
 		! command -v apt-get >/dev/null || \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-nchan >/dev/null || \
 		echo "could not install nginx + Nchan: the comparison will be skipped"
-	$(BIN)/ledger bench $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -10,10 +10,10 @@ import functools
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from uuid import UUID
 
 from ledger.errors import Conflict
@@ -95,6 +95,27 @@ class Event:
             "actor": self.actor,
             "recorded_at": format_timestamp(self.recorded_at),
         }
+
+
+# The one description of an event's stored columns, in order: the statements that read
+# events, the rows they return, and the CSV export's columns all follow it.
+EVENT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Event))
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRange:
+    """Versions ``first`` to ``last`` (inclusive) of one session."""
+
+    session_id: UUID
+    first: int
+    last: int
+
+
+class CarePair(NamedTuple):
+    """A care assignment: ``therapist_id`` may read ``patient_id``'s sessions."""
+
+    therapist_id: str
+    patient_id: str
 
 
 @functools.lru_cache(maxsize=4096)
@@ -209,19 +230,19 @@ class Sealed:
     ) -> Event:
         """The event as the table holds it once inserted at ``position``."""
         return Event(
-            session_id,
-            self.version,
-            position,
-            self.type,
-            self.status,
-            self.progress,
-            self.message,
-            self.error,
-            self.data,
-            actor,
-            recorded_at,
-            self.prev_hash,
-            self.hash,
+            session_id=session_id,
+            version=self.version,
+            position=position,
+            type=self.type,
+            status=self.status,
+            progress=self.progress,
+            message=self.message,
+            error=self.error,
+            data=self.data,
+            actor=actor,
+            recorded_at=recorded_at,
+            prev_hash=self.prev_hash,
+            hash=self.hash,
         )
 
 
@@ -267,7 +288,15 @@ def seal(
         digest = chain_hash(prev, canonical)
         sealed.append(
             Sealed(
-                version, kind, new.status, progress, new.message, new.error, new.data, prev, digest
+                version=version,
+                type=kind,
+                status=new.status,
+                progress=progress,
+                message=new.message,
+                error=new.error,
+                data=new.data,
+                prev_hash=prev,
+                hash=digest,
             )
         )
         prev = digest

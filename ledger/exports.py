@@ -7,7 +7,7 @@ import io
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, Literal
 
-from ledger.domain import Event
+from ledger.domain import EVENT_FIELDS, Event
 from ledger.wire import dumps
 
 ExportFormat = Literal["ndjson", "csv"]
@@ -15,21 +15,8 @@ MEDIA_TYPES: dict[str, str] = {
     "ndjson": "application/x-ndjson",
     "csv": "text/csv; charset=utf-8",
 }
-CSV_COLUMNS = (
-    "session_id",
-    "version",
-    "position",
-    "type",
-    "status",
-    "progress",
-    "message",
-    "error",
-    "data",
-    "actor",
-    "recorded_at",
-    "prev_hash",
-    "hash",
-)
+# The stored columns, in their order (an auditor's spreadsheet reads like the table).
+CSV_COLUMNS = EVENT_FIELDS
 
 
 def audit_record(event: Event) -> dict[str, Any]:

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING
-
 from prometheus_client import Counter, Gauge, Histogram
-
-if TYPE_CHECKING:
-    from ledger.feeds import Item
 
 SUBSCRIBERS = Gauge(
     "ledger_subscribers", "Connected stream subscribers", ["transport"], multiprocess_mode="livesum"
@@ -51,12 +45,3 @@ REQUEST_SECONDS = Histogram(
     ["method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-
-
-def delivered(item: Item, transport: str) -> None:
-    """Count written events; for live ones, observe commit-to-write lag."""
-    EVENTS_DELIVERED.labels(transport).inc(len(item.events))
-    if item.live:
-        now = time.time()
-        for encoded in item.events:
-            DELIVERY_LAG.observe(max(now - encoded.event.recorded_at.timestamp(), 0.0))

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from uuid import UUID
 
 import orjson
-from fastapi.sse import format_sse_event
 
 from ledger.domain import Event
 
@@ -58,16 +58,41 @@ class Encoded:
 
 
 def sse_frame(event: str, id: int, data_json: str) -> bytes:
-    """An event frame, as ``format_sse_event`` writes it (event, data, id), built directly:
-    compact JSON never holds a raw line break, so there are no lines to split, and this runs
-    once per event of every replay."""
+    """An event frame, as ``fastapi.sse.format_sse_event`` writes it (event, data, id),
+    built directly: compact JSON never holds a raw line break, so there are no lines to
+    split, and this runs once per event of every replay (the tests hold the two equal)."""
     return f"event: {event}\ndata: {data_json}\nid: {id}\n\n".encode()
 
 
 def sse_retry(retry_ms: int, id: int | None = None) -> bytes:
-    """The opening message; with an ``id`` it also gives EventSource a cursor at once."""
-    return format_sse_event(retry=retry_ms, id=None if id is None else str(id))
+    """The opening message; with an ``id`` it also gives EventSource a cursor at once
+    (``format_sse_event``'s order: id, then retry)."""
+    cursor = "" if id is None else f"id: {id}\n"
+    return f"{cursor}retry: {retry_ms}\n\n".encode()
 
 
 def ws_message(event: str, id: int, data_json: str) -> str:
     return f'{{"id":{id},"event":{json.dumps(event)},"data":{data_json}}}'
+
+
+def state_json(session_id: UUID, head: Event | None) -> str:
+    return dumps(status_body(session_id, head))
+
+
+def status_body(session_id: UUID, head: Event | None) -> dict[str, object]:
+    """The ``status`` answer: the latest event, or version 0 and nulls before the first."""
+    if head is not None:
+        return head.to_json()
+    return {
+        "session_id": str(session_id),
+        "version": 0,
+        "position": None,
+        "type": None,
+        "status": None,
+        "progress": 0,
+        "message": None,
+        "error": None,
+        "data": {},
+        "actor": None,
+        "recorded_at": None,
+    }

@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from ledger.db import resolve_database_url, sqlalchemy_url
 from ledger.settings import get_settings
+from ledger.storage.database import resolve_database_url, sqlalchemy_url
 
 config = context.config
 url = config.attributes.get("libpq_url") or resolve_database_url(get_settings())

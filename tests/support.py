@@ -17,9 +17,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 
 from ledger.auth import Role, TokenVerifier, load_keys
-from ledger.db import libpq_url, sqlalchemy_url
-from ledger.serverproc import ServerProcess
 from ledger.settings import Settings
+from ledger.storage.database import libpq_url, sqlalchemy_url
+from ledger.testing import ServerProcess
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 TEST_SETTINGS = Settings(jwt_secret=JWT_SECRET)
@@ -50,7 +50,7 @@ class DatabaseFactory:
         return psycopg.connect(self.server_url, autocommit=True)
 
     def build_template(self) -> None:
-        from ledger.migrate import upgrade
+        from ledger.storage.migrations import upgrade
 
         with self.admin() as conn:
             conn.execute(f'CREATE DATABASE "{self.template}"')
@@ -150,34 +150,13 @@ def append(
 
 def load_events(db: psycopg.Connection[Any], session_id: str) -> list[Any]:
     """A session's stored events as domain objects, to check chains with the real verifier."""
-    from ledger.domain import Event, EventType, Status
+    from ledger.storage.tables import EVENT_COLUMN_LIST, event_from_row
 
     rows = db.execute(
-        """
-        SELECT session_id, version, position, type, status, progress, message, error, data,
-               actor, recorded_at, prev_hash, hash
-        FROM events WHERE session_id = %s ORDER BY version
-        """,
+        f"SELECT {EVENT_COLUMN_LIST} FROM events WHERE session_id = %s ORDER BY version",
         (session_id,),
     ).fetchall()
-    return [
-        Event(
-            r[0],
-            r[1],
-            r[2],
-            EventType(r[3]),
-            Status(r[4]),
-            r[5],
-            r[6],
-            r[7],
-            r[8],
-            r[9],
-            r[10],
-            r[11],
-            r[12],
-        )
-        for r in rows
-    ]
+    return [event_from_row(row) for row in rows]
 
 
 @contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 from uuid import UUID
 
@@ -10,26 +9,14 @@ from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
-from ledger.auth import Principal, Role, TokenVerifier, may_read_patient
+from ledger.auth import Principal, Role, may_read_patient
+from ledger.domain import CarePair
 from ledger.errors import Forbidden, Unauthorized
-from ledger.hub import Hub
-from ledger.reporting import Reporting
-from ledger.settings import Settings
-from ledger.store import SessionRecord, Store
+from ledger.runtime import Runtime
+from ledger.storage.sessions import SessionRecord
 
 TOKEN_PARAM = "access_token"
 TOKEN_COOKIE = "access_token"
-
-
-@dataclass(slots=True)
-class Runtime:
-    """Everything a request needs that lives as long as the process."""
-
-    settings: Settings
-    store: Store
-    reporting: Reporting
-    verifier: TokenVerifier
-    hub: Hub
 
 
 async def get_runtime(connection: HTTPConnection) -> Runtime:
@@ -80,9 +67,9 @@ StreamPrincipal = Annotated[Principal, Depends(authenticate_stream)]
 
 
 async def check_read(runtime: Runtime, principal: Principal, session_id: UUID) -> SessionRecord:
-    session = await runtime.store.get_session(session_id)
-    assigned = principal.role is Role.THERAPIST and await runtime.store.is_assigned(
-        principal.subject, session.patient_id
+    session = await runtime.sessions.get(session_id)
+    assigned = principal.role is Role.THERAPIST and await runtime.care.exists(
+        CarePair(therapist_id=principal.subject, patient_id=session.patient_id)
     )
     if not may_read_patient(principal, session.patient_id, assigned=assigned):
         raise Forbidden("no access to this session")

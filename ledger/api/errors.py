@@ -48,7 +48,7 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
 async def database_error_handler(request: Request, exc: Exception) -> JSONResponse:
     """A lost or refused database connection is a 503 the client may retry, not a 500.
 
-    The event log speaks psycopg directly, the rest through SQLAlchemy: both are covered.
+    The hot paths speak psycopg directly, the rest SQLAlchemy: both are covered.
     Anything else the driver raises is a bug and stays a 500.
     """
     # psycopg_pool's PoolTimeout is a psycopg OperationalError.

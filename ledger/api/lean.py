@@ -1,11 +1,16 @@
 """The hottest routes, declared with FastAPI but served without its per-request machinery.
 
-FastAPI's request handling (solving the dependency graph, validating each parameter, its
-exit stacks) cost a single-event append about a fifth of its server CPU (py-spy, under the
-benchmark's load). For a stream it stays alive as long as the connection: about 4.5 KiB of
-every idle stream's 32. A lean route runs the same endpoint function with its dependencies
-resolved by the same functions, so a regular request gets the same answer; errors still
-reach the app's exception handlers.
+FastAPI's request handling (solving the dependency graph, validating each parameter) is a
+measurable share of a single-event append's CPU and of every idle stream's memory
+(docs/ARCHITECTURE.md, "Lean routes"). A lean route runs the same endpoint function, with
+its parameters found by the same dependency functions, so a regular request gets the same
+answer; errors still reach the app's exception handlers.
+
+A :class:`Lean` binding names the endpoint and, for each of its parameters, how to find it;
+:func:`install` finds the declared ``APIRoute`` of that endpoint (its path and methods come
+from there) and refuses to start if the binding does not supply exactly the endpoint's
+parameters, so a parameter or dependency added to a declared route cannot be skipped by its
+lean twin.
 
 A lean route only takes the regular case. Anything else (a malformed path, header or body)
 makes it raise :class:`Decline`, and the request goes to the declared FastAPI route, which
@@ -14,19 +19,22 @@ answers it exactly as it always has: every error shape stays FastAPI's own.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ledger.api.limits import replaying
+from ledger.api.middleware import replaying
 
 CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 
@@ -39,6 +47,29 @@ class Decline(Exception):
 
 
 Serve = Callable[[Request], Awaitable[Response]]
+Endpoint = Callable[..., Awaitable[Response]]
+# How a lean route finds one parameter: from the request and the parameters found before
+# it (in the binding's order); may return an awaitable, and may raise Decline.
+Find = Callable[[Request, dict[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class Lean:
+    """An endpoint served lean, and how each of its parameters is found, in order.
+
+    Put the finders that may decline first: a request that is not the regular case must
+    reach the declared route before any dependency can answer it differently.
+    """
+
+    endpoint: Endpoint
+    find: Mapping[str, Find]
+
+    async def serve(self, request: Request) -> Response:
+        found: dict[str, Any] = {}
+        for name, find in self.find.items():
+            value = find(request, found)
+            found[name] = await value if inspect.isawaitable(value) else value
+        return await self.endpoint(**found)
 
 
 def path_uuid(request: Request, name: str) -> UUID:
@@ -107,12 +138,27 @@ class _Endpoint:
         await response(scope, receive, send)
 
 
+@dataclass(frozen=True)
+class Declared:
+    """Where and how FastAPI serves an endpoint (its effective route, prefixes applied)."""
+
+    path: str
+    methods: frozenset[str]
+    # Dependencies FastAPI runs for the route besides the endpoint's parameters.
+    dependencies: tuple[object, ...]
+
+
 class LeanRoute(Route):
-    def __init__(self, path: str, method: str, serve: Serve, router: ASGIApp) -> None:
-        super().__init__(path, _Endpoint(serve, router), methods=[method], include_in_schema=False)
+    def __init__(self, declared: Declared, serve: Serve, router: ASGIApp) -> None:
+        super().__init__(
+            declared.path,
+            _Endpoint(serve, router),
+            methods=list(declared.methods),
+            include_in_schema=False,
+        )
         # Starlette adds HEAD to every GET route; FastAPI's declared routes do not (a HEAD
         # on a stream would open one), so neither does a lean one.
-        self.methods = {method}
+        self.methods = set(declared.methods)
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if DECLINED in scope:
@@ -124,9 +170,41 @@ class LeanRoute(Route):
         await super().handle(scope, receive, send)
 
 
-def install(app: FastAPI, routes: list[tuple[str, str, Serve]]) -> None:
-    """Put the lean routes first, so they see the declared routes' requests first."""
-    lean: list[BaseRoute] = [
-        LeanRoute(path, method, serve, app.router) for path, method, serve in routes
+def declared_route(app: FastAPI, endpoint: Endpoint) -> Declared:
+    """The one FastAPI route whose endpoint is this function."""
+    found = [
+        Declared(
+            path=str(context.path),
+            methods=frozenset(context.methods or ()),
+            dependencies=tuple(context.dependencies),
+        )
+        for context in iter_route_contexts(app.routes)
+        if isinstance(context.original_route, APIRoute) and context.endpoint is endpoint
     ]
+    if len(found) != 1:
+        raise RuntimeError(f"{endpoint.__qualname__} is declared by {len(found)} routes, not 1")
+    return found[0]
+
+
+def check(binding: Lean, declared: Declared) -> None:
+    """Refuse a binding that does not find exactly what the declared route would pass."""
+    name = binding.endpoint.__qualname__
+    wanted = set(inspect.signature(binding.endpoint).parameters)
+    supplied = set(binding.find)
+    if wanted != supplied:
+        raise RuntimeError(
+            f"the lean route of {name} finds {sorted(supplied)}, but the endpoint takes "
+            f"{sorted(wanted)}"
+        )
+    if declared.dependencies:
+        raise RuntimeError(f"{name} has route dependencies that its lean route would skip")
+
+
+def install(app: FastAPI, bindings: list[Lean]) -> None:
+    """Put the lean routes first, so they see the declared routes' requests first."""
+    lean: list[BaseRoute] = []
+    for binding in bindings:
+        declared = declared_route(app, binding.endpoint)
+        check(binding, declared)
+        lean.append(LeanRoute(declared, binding.serve, app.router))
     app.router.routes[:0] = lean

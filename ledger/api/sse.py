@@ -4,8 +4,8 @@
 and no resume logic; a ledger stream needs a configurable ``: heartbeat``, an exact resume
 decided before the response starts, and the least memory per idle connection. So the
 response is a plain ASGI callable: one task writes the feed, one small task watches for the
-client's disconnect and closes the subscription at once. The wire format itself comes from
-``fastapi.sse.format_sse_event`` (see ``ledger.wire``).
+client's disconnect and closes the subscription at once. The wire format is
+``fastapi.sse.format_sse_event``'s (see ``ledger.wire``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ledger import metrics
-from ledger.feeds import Item, Kind
-from ledger.hub import Subscription
+from ledger.live.feeds import Item, Kind
+from ledger.live.subscription import Subscription
 from ledger.wire import HEARTBEAT, Encoded, sse_frame, sse_retry
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class FeedResponse(Response):
                 async for item in self.items:
                     await self._write(send, sse_bytes(item, self.framing))
                     if item.kind is Kind.EVENT:
-                        metrics.delivered(item, "sse")
+                        item.count_delivered("sse")
             except OSError:
                 raise
             except Exception as exc:

@@ -5,7 +5,7 @@ The events table is the truth of the ledger. Choices made here:
 * ``position`` is a global identity, ``tx_id`` the inserting transaction's id (``xid8``).
   Global readers order by ``(tx_id, position)`` and only read transactions below the
   snapshot's xmin, so a transaction that took a low position but commits late is never
-  skipped (see ``ledger.store.global_page``). The ``(tx_id, position)`` index serves it.
+  skipped (see ``ledger.storage.global_order``). The ``(tx_id, position)`` index serves it.
 * ``(session_id, version)`` is unique: the per-session order, gap-free by construction
   (appends to one session are serialised by a per-session advisory lock).
 * Statement-level triggers refuse UPDATE, DELETE and TRUNCATE for everyone who cannot

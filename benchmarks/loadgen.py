@@ -1,0 +1,291 @@
+"""The benchmarks' load generator: raw asyncio sockets, in a process of its own.
+
+``python -m benchmarks.loadgen SCENARIO ARGS_JSON`` prints one JSON object with its figures
+and the CPU time it used, so a reader can tell whether the client was the bottleneck.
+Streams are read over HTTP/1.0 (no chunked framing to undo); appends use keep-alive
+HTTP/1.1 with pre-encoded bodies. Nothing here is clever: it is what any SSE client does,
+minus the layers that would make the client, not the server, the thing measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+RECORDED = b'"recorded_at":"'
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def raise_fd_limit() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(fraction * len(ordered)), len(ordered) - 1)]
+
+
+def recorded_at(line: bytes) -> float:
+    start = line.index(RECORDED) + len(RECORDED)
+    return datetime.fromisoformat(line[start : line.index(b'"', start)].decode()).timestamp()
+
+
+class Http:
+    """One keep-alive HTTP/1.1 connection for request/response calls."""
+
+    def __init__(self, host: str, port: int, token: str) -> None:
+        self.host, self.port, self.token = host, port, token
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def call(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+            f"Authorization: Bearer {self.token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + body)
+        status_line = await self.reader.readline()
+        length, closing = 0, False
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+            elif name.lower() == b"connection" and value.strip().lower() == b"close":
+                closing = True  # nginx ends a keep-alive connection after 1,000 requests
+        payload = await self.reader.readexactly(length)
+        if closing:
+            self.writer.close()
+            self.reader = self.writer = None
+        return int(status_line.split()[1]), payload
+
+
+async def open_stream(
+    host: str, port: int, path: str, token: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        f"GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: text/event-stream\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n".encode()
+    )
+    while (await reader.readline()) not in (b"\r\n", b""):
+        pass  # headers
+    return reader, writer
+
+
+# -- scenarios ------------------------------------------------------------------------------
+
+
+async def appends(
+    host: str, port: int, token: str, sessions: list[str], writers: int, seconds: float, batch: int
+) -> dict[str, Any]:
+    """``writers`` connections appending ``batch`` events per request for ``seconds``."""
+    one = {"status": "transcribing", "progress": 50, "message": "bench"}
+    body = json.dumps([one] * batch if batch > 1 else one).encode()
+    counts = [0] * writers
+    errors = [0] * writers
+    deadline = time.monotonic() + seconds
+
+    async def writer(index: int) -> None:
+        http = Http(host, port, token)
+        path = f"/api/sessions/{sessions[index % len(sessions)]}/events"
+        while time.monotonic() < deadline:
+            status, _ = await http.call("POST", path, body)
+            if status == 201:
+                counts[index] += batch
+            else:
+                errors[index] += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(writer(i) for i in range(writers)))
+    elapsed = time.monotonic() - started
+    return {
+        "events": sum(counts),
+        "errors": sum(errors),
+        "events_per_second": sum(counts) / elapsed,
+    }
+
+
+async def idle(
+    host: str, port: int, token: str, sessions: list[str], connections: int, hold: float
+) -> dict[str, Any]:
+    """Open ``connections`` streams (each gets its opening message), hold them, close."""
+    opened = []
+    for index in range(connections):
+        path = f"/api/sessions/{sessions[index % len(sessions)]}/status/stream"
+        reader, writer = await open_stream(host, port, path, token)
+        await reader.readline()  # the retry hint: the subscription exists
+        opened.append((reader, writer))
+    print(json.dumps({"ready": len(opened)}), flush=True)
+    await asyncio.sleep(hold)
+    for _, writer in opened:
+        writer.close()
+    return {"connections": len(opened)}
+
+
+async def latency(
+    host: str,
+    port: int,
+    token: str,
+    sessions: list[str],
+    subscribers: int,
+    rate: float,
+    seconds: float,
+    poll_interval: float | None,
+    target: str = "ledger",
+) -> dict[str, Any]:
+    """Subscribers (streams, or pollers every ``poll_interval``) over ``sessions``; one
+    appender at ``rate`` appends/s; latency = receipt - the event's recorded_at.
+
+    ``target="nchan"`` drives nginx + Nchan the same way: channels named like the
+    sessions, and the publisher stamps ``recorded_at`` itself just before it sends.
+    """
+    stream_path, publish_path = "/api/sessions/{}/status/stream", "/api/sessions/{}/events"
+    if target == "nchan":
+        stream_path, publish_path = "/sub/{}", "/pub/{}"
+    samples: list[float] = []
+    stop = asyncio.Event()
+    since = [float("inf")]  # only events appended by this run count (not a stream's first state)
+
+    def sample(line: bytes) -> None:
+        appended = recorded_at(line)
+        if appended >= since[0]:
+            samples.append(time.time() - appended)
+
+    async def streamer(session: str) -> None:
+        reader, writer = await open_stream(host, port, stream_path.format(session), token)
+        ready.append(1)
+        if len(ready) == subscribers:
+            all_ready.set()
+        while not stop.is_set():
+            line = await reader.readline()
+            if not line:
+                return
+            if line.startswith(b"data: "):
+                sample(line)
+        writer.close()
+
+    async def poller(session: str, offset: float) -> None:
+        http = Http(host, port, token)
+        ready.append(1)
+        if len(ready) == subscribers:
+            all_ready.set()
+        await asyncio.sleep(offset)
+        seen = 0
+        while not stop.is_set():
+            status, body = await http.call("GET", f"/api/sessions/{session}/status")
+            state = json.loads(body)
+            if status == 200 and state["version"] > seen:
+                if seen:
+                    sample(body)
+                seen = state["version"]
+            await asyncio.sleep(poll_interval or 2.0)
+
+    ready: list[int] = []
+    all_ready = asyncio.Event()
+    if poll_interval is None:
+        tasks = [
+            asyncio.create_task(streamer(sessions[i % len(sessions)])) for i in range(subscribers)
+        ]
+    else:
+        tasks = [
+            asyncio.create_task(
+                poller(sessions[i % len(sessions)], poll_interval * i / subscribers)
+            )
+            for i in range(subscribers)
+        ]
+    await all_ready.wait()
+    await asyncio.sleep(1)
+    http = Http(host, port, token)
+    body = json.dumps({"status": "transcribing", "progress": 1}).encode()
+    sent = 0
+    since[0] = time.time()
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if target == "nchan":
+            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            body = json.dumps(
+                {"status": "transcribing", "recorded_at": stamp}, separators=(",", ":")
+            ).encode()
+        await http.call("POST", publish_path.format(sessions[sent % len(sessions)]), body)
+        sent += 1
+        await asyncio.sleep(max(0.0, started + sent / rate - time.monotonic()))
+    await asyncio.sleep(poll_interval or 1.0)
+    stop.set()
+    for task in tasks:
+        task.cancel()
+    millis = [s * 1000 for s in samples]
+    return {
+        "appends": sent,
+        "received": len(samples),
+        # Every subscriber of a session gets each of its events (pollers may skip some).
+        "expected": sent * subscribers // len(sessions) if poll_interval is None else None,
+        "p50_ms": statistics.median(millis) if millis else None,
+        "p99_ms": percentile(millis, 0.99) if millis else None,
+    }
+
+
+async def replay(host: str, port: int, token: str, session: str, count: int) -> dict[str, Any]:
+    """Resume from 0 on a ``count``-event session; events per second delivered."""
+    started = time.monotonic()
+    reader, writer = await open_stream(
+        host, port, f"/api/sessions/{session}/status/stream?last_event_id=0", token
+    )
+    received = 0
+    final = f"id: {count}\n".encode()
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        if line.startswith(b"id: "):
+            received += 1
+            if line == final:
+                break
+    elapsed = time.monotonic() - started
+    writer.close()
+    return {"received": received, "events_per_second": received / elapsed}
+
+
+def main(argv: list[str]) -> int:
+    scenario, raw = argv[0], json.loads(argv[1])
+    raise_fd_limit()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    before = cpu_seconds()
+    started = time.monotonic()
+    runners: dict[str, Any] = {
+        "appends": appends,
+        "idle": idle,
+        "latency": latency,
+        "replay": replay,
+    }
+    result = asyncio.run(runners[scenario](**raw))
+    wall = time.monotonic() - started
+    result["client_cpu_percent"] = round(100 * (cpu_seconds() - before) / wall, 1)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

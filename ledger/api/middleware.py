@@ -1,0 +1,164 @@
+"""The app's ASGI middleware: the request body limit and per-request observability.
+
+Plain ASGI (not ``BaseHTTPMiddleware``), so a long-lived stream pays one small wrapper each
+and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ledger import metrics
+from ledger.logs import request_id
+
+access = logging.getLogger("ledger.access")
+
+INCOMING_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A body already read, once more, then the connection's own messages (a disconnect)."""
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if delivered:
+            return await receive()
+        delivered = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+class BodyLimit:
+    """Reads a request body fully (it is small by contract) and answers 413 past the limit.
+
+    Buffering here, before the app runs, is what lets an oversized body be refused without
+    the app having seen or stored any part of it.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._too_large(send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, replaying(b"".join(chunks), receive), send)
+
+    async def _too_large(self, send: Send) -> None:
+        payload = json.dumps(
+            {"detail": f"request body larger than {self.max_bytes} bytes"}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            candidate: str = value.decode("latin-1")
+            if INCOMING_ID.match(candidate):
+                return candidate
+    return uuid.uuid4().hex
+
+
+def _route(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
+
+class Observe:
+    """Request id (taken or made), the access log line, and time to the first byte."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        rid = _request_id(scope)
+        token = request_id.set(rid)
+        started = time.perf_counter()
+        status = 0
+        first_byte: float | None = None
+
+        async def observed(message: Message) -> None:
+            nonlocal status, first_byte
+            kind = message["type"]
+            if kind in ("http.response.start", "websocket.http.response.start"):
+                status = message["status"]
+                first_byte = time.perf_counter() - started
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", rid.encode()))
+                message = {**message, "headers": headers}
+            elif kind == "websocket.accept":
+                status = 101
+                first_byte = time.perf_counter() - started
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = _route(scope)
+            method = scope.get("method", "WS")
+            metrics.REQUEST_SECONDS.labels(method, route, str(status)).observe(
+                first_byte if first_byte is not None else elapsed
+            )
+            access.info(
+                "%s %s %s %.1fms",
+                method,
+                scope.get("path", ""),
+                status,
+                elapsed * 1000,
+                extra={
+                    "http": {
+                        "method": method,
+                        "path": scope.get("path", ""),
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                        "ttfb_ms": None if first_byte is None else round(first_byte * 1000, 2),
+                        "client": (scope.get("client") or ("", 0))[0],
+                    }
+                },
+            )
+            request_id.reset(token)

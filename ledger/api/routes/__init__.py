@@ -1,0 +1,31 @@
+"""One module per resource; :data:`ROUTERS` and :data:`LEAN` are what the app mounts."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from ledger.api.lean import Lean
+from ledger.api.routes import (
+    analytics,
+    assignments,
+    audit,
+    cookies,
+    events,
+    health,
+    sessions,
+    streams,
+)
+
+ROUTERS: list[APIRouter] = [
+    sessions.router,
+    events.router,
+    streams.router,
+    audit.router,
+    analytics.router,
+    assignments.router,
+    cookies.router,
+    health.router,
+]
+
+# The hottest of those routes, served lean (ledger.api.lean).
+LEAN: list[Lean] = [*streams.LEAN, *sessions.LEAN]

@@ -1,0 +1,173 @@
+"""The ``ledger`` command: its arguments, and one small handler per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import IO
+from uuid import UUID
+
+from ledger.auth import Role, TokenVerifier, load_keys
+from ledger.cli.serve import serve_command
+from ledger.settings import get_settings
+from ledger.storage.database import resolve_database_url
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from ledger.storage.migrations import upgrade
+
+    upgrade(resolve_database_url(get_settings()), args.revision)
+    print(f"migrated to {args.revision}", file=sys.stderr)
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    verifier = TokenVerifier(settings, load_keys(settings))
+    print(verifier.mint(Role(args.role), args.sub, args.ttl))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from ledger.cli.offline import verify
+
+    return asyncio.run(verify(get_settings(), args.session))
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ledger.cli.offline import export, stdout_bytes
+
+    def run(out: IO[bytes]) -> int:
+        return asyncio.run(
+            export(
+                get_settings(),
+                args.format,
+                out,
+                session_id=args.session,
+                after=args.after,
+                start=args.start,
+                end=args.end,
+            )
+        )
+
+    if args.output is None:
+        return run(stdout_bytes())
+    with open(args.output, "wb") as out:
+        return run(out)
+
+
+def _base_url(args: argparse.Namespace) -> str:
+    if args.url:
+        return str(args.url).rstrip("/")
+    settings = get_settings()
+    return f"http://{settings.host}:{settings.port}"
+
+
+def _token_for(args: argparse.Namespace, role: Role, subject: str) -> str:
+    """The given token, or one minted with the configured key (development)."""
+    if args.token:
+        return str(args.token)
+    settings = get_settings()
+    return TokenVerifier(settings, load_keys(settings)).mint(role, subject, 24 * 3600)
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from ledger.cli.terminal import run_tail
+
+    token = _token_for(args, Role.AUDITOR, "tail")
+    return run_tail(_base_url(args), str(args.session), token, from_start=args.from_start)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ledger.cli.terminal import demo
+
+    token = _token_for(args, Role.SERVICE, "demo-pipeline")
+    return demo(
+        _base_url(args),
+        token,
+        sessions=args.sessions,
+        pace=args.pace,
+        fail_rate=args.fail_rate,
+        seed=args.seed,
+    )
+
+
+def _timestamp(value: str) -> datetime:
+    moment = datetime.fromisoformat(value)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ledger", description="An event-sourced progress ledger with live streams."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the HTTP API (LEDGER_HOST, LEDGER_PORT)")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument(
+        "--workers", type=int, default=1, help="processes on one socket, each with one LISTEN"
+    )
+    serve.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)
+    serve.set_defaults(run=serve_command)
+
+    migrate = commands.add_parser("migrate", help="apply database migrations (Alembic)")
+    migrate.add_argument("--revision", default="head")
+    migrate.set_defaults(run=_migrate)
+
+    token = commands.add_parser("token", help="mint a token for development and scripts")
+    token.add_argument("--role", required=True, choices=[r.value for r in Role])
+    token.add_argument("--sub", required=True, help="the subject (user or service id)")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token.set_defaults(run=_token)
+
+    verify = commands.add_parser(
+        "verify", help="recompute the hash chains; exit 1 if any is broken"
+    )
+    verify.add_argument("--session", type=UUID, default=None, help="only this session")
+    verify.set_defaults(run=_verify)
+
+    export = commands.add_parser("export", help="export history as NDJSON or CSV")
+    export.add_argument("--session", type=UUID, default=None, help="only this session")
+    export.add_argument("--from", dest="start", type=_timestamp, default=None)
+    export.add_argument("--to", dest="end", type=_timestamp, default=None)
+    export.add_argument(
+        "--after", type=int, default=0, help="a version (with --session) or global position"
+    )
+    export.add_argument("--format", choices=["ndjson", "csv"], default="ndjson")
+    export.add_argument("--output", "-o", default=None, help="a file (default: stdout)")
+    export.set_defaults(run=_export)
+
+    tail = commands.add_parser(
+        "tail", help="follow a session with a progress bar; exit 0 processed, 1 failed"
+    )
+    tail.add_argument("session", type=UUID)
+    tail.add_argument("--from-start", action="store_true", help="show the whole history first")
+    tail.add_argument("--url", default=None, help="default: http://LEDGER_HOST:LEDGER_PORT")
+    tail.add_argument("--token", default=None, help="default: minted with the configured key")
+    tail.set_defaults(run=_tail)
+
+    demo = commands.add_parser("demo", help="run simulated pipelines that append progress")
+    demo.add_argument("--sessions", type=int, default=5)
+    demo.add_argument("--pace", type=float, default=1.0, help="pause multiplier (0 = no pauses)")
+    demo.add_argument("--fail-rate", type=float, default=0.2)
+    demo.add_argument("--seed", type=int, default=None)
+    demo.add_argument("--url", default=None, help="default: http://LEDGER_HOST:LEDGER_PORT")
+    demo.add_argument("--token", default=None, help="default: minted with the configured key")
+    demo.set_defaults(run=_demo)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

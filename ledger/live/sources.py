@@ -1,0 +1,50 @@
+"""What the live package reads from storage, as interfaces.
+
+The storage classes satisfy them as they are; the unit tests hand the hub and the feeds an
+in-memory ledger instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Collection, Sequence
+from datetime import datetime
+from typing import Protocol
+from uuid import UUID
+
+from ledger.domain import CarePair, Event, VersionRange
+from ledger.storage.global_order import GlobalPage
+
+
+class SessionEvents(Protocol):
+    """Events by session (:class:`ledger.storage.history.History`)."""
+
+    async def latest(self, session_id: UUID) -> Event | None: ...
+
+    async def ranges(self, wanted: Sequence[VersionRange]) -> list[Event]: ...
+
+    def replay(
+        self, session_id: UUID, after: int, *, page_size: int = ...
+    ) -> AsyncGenerator[list[Event]]: ...
+
+
+class GlobalEvents(Protocol):
+    """All sessions in commit-safe order (:class:`ledger.storage.global_order.GlobalOrder`)."""
+
+    async def check_cursor(self, position: int) -> None: ...
+
+    async def page(
+        self,
+        after: int,
+        limit: int,
+        *,
+        start: datetime | None = ...,
+        end: datetime | None = ...,
+    ) -> GlobalPage: ...
+
+    async def tail(self) -> int: ...
+
+
+class Assignments(Protocol):
+    """Care assignments (:class:`ledger.storage.care.CareAssignments`)."""
+
+    async def still_assigned(self, pairs: Collection[CarePair]) -> set[CarePair]: ...

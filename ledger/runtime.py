@@ -1,0 +1,93 @@
+"""The process-wide composition: what lives as long as a server process, built and torn down
+in one place (the app's lifespan runs :func:`running`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.auth import TokenVerifier, load_keys
+from ledger.live.hub import Hub
+from ledger.live.listener import Listener
+from ledger.settings import Settings
+from ledger.storage import database
+from ledger.storage.appends import Appender
+from ledger.storage.care import CareAssignments
+from ledger.storage.global_order import GlobalOrder
+from ledger.storage.history import History
+from ledger.storage.pool import create_pool
+from ledger.storage.reporting import Reporting
+from ledger.storage.sessions import Sessions
+
+log = logging.getLogger(__name__)
+
+LISTENER_START_SECONDS = 10.0
+
+
+@dataclass(slots=True)
+class Runtime:
+    """Everything a request needs that lives as long as the process."""
+
+    settings: Settings
+    verifier: TokenVerifier
+    sessions: Sessions
+    care: CareAssignments
+    appender: Appender
+    history: History
+    global_order: GlobalOrder
+    reporting: Reporting
+    hub: Hub
+    listener: Listener
+    engine: AsyncEngine = field(repr=False)
+
+    async def database_answers(self) -> bool:
+        try:
+            await database.ping(self.engine)
+        except Exception:
+            return False
+        return True
+
+
+@asynccontextmanager
+async def running(settings: Settings, url: str | None = None) -> AsyncIterator[Runtime]:
+    """Reach (or start) the database, open the pool and the engine, start the listener.
+
+    psycopg's pool serves the hot paths (appends, history, fan-out); the SQLAlchemy engine
+    the rest, with half as many connections (docs/ARCHITECTURE.md, "Connections").
+    """
+    verifier = TokenVerifier(settings, load_keys(settings))
+    url = url or database.resolve_database_url(settings)
+    pool = create_pool(url, size=settings.pool_size)
+    await pool.open()
+    engine = database.create_engine(url, pool_size=max(1, settings.pool_size // 2))
+    history = History(pool)
+    care = CareAssignments(engine)
+    hub = Hub(history, care, queue_size=settings.subscriber_queue_size)
+    listener = Listener(url, hub, probe_seconds=settings.listener_probe_seconds)
+    runtime = Runtime(
+        settings=settings,
+        verifier=verifier,
+        sessions=Sessions(engine),
+        care=care,
+        appender=Appender(pool),
+        history=history,
+        global_order=GlobalOrder(engine),
+        reporting=Reporting(engine),
+        hub=hub,
+        listener=listener,
+        engine=engine,
+    )
+    try:
+        await listener.start()
+        if not await listener.wait_listening(LISTENER_START_SECONDS):
+            log.warning("the LISTEN connection is not up yet; /readyz reports it")
+        yield runtime
+    finally:
+        await listener.stop()
+        await hub.stop()
+        await engine.dispose()
+        await pool.close()

@@ -1,0 +1,95 @@
+"""Where the database is (the configured server or the embedded one) and the SQLAlchemy
+engine on it, which every statement but the hot paths' uses (those: :mod:`.pool`)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from sqlalchemy import event, literal, select
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from ledger import metrics
+from ledger.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DATABASE = "ledger"
+
+# What either way of reaching the database (the engine, psycopg's pool) may raise;
+# psycopg_pool's PoolTimeout is a psycopg.Error too.
+DATABASE_ERRORS = (SQLAlchemyError, psycopg.Error)
+
+
+def start_embedded(data_dir: Path) -> str:
+    """Start (or join) the embedded PostgreSQL under ``data_dir`` and return its libpq URL.
+
+    pgserver stops the server when the last process that asked for it exits, and keeps the
+    data directory, so a restart finds the same ledger.
+    """
+    import pgserver
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(data_dir.resolve() / "pgdata", cleanup_mode="stop")
+    with psycopg.connect(server.get_uri("postgres"), autocommit=True) as conn:
+        found = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DATABASE,)
+        ).fetchone()
+        if found is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(EMBEDDED_DATABASE)))
+    url: str = server.get_uri(EMBEDDED_DATABASE)
+    log.info("embedded PostgreSQL running", extra={"data_dir": str(data_dir)})
+    return url
+
+
+def resolve_database_url(settings: Settings) -> str:
+    """The libpq URL to use: ``LEDGER_DATABASE_URL`` or the embedded server."""
+    if settings.database_url:
+        return settings.database_url
+    return start_embedded(settings.data_dir)
+
+
+def sqlalchemy_url(libpq_url: str) -> URL:
+    """Adapt the libpq form every PostgreSQL tool prints to SQLAlchemy's psycopg dialect."""
+    url = make_url(libpq_url)
+    if url.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
+        return url.set(drivername="postgresql+psycopg")
+    raise ValueError(f"not a PostgreSQL URL: {url.drivername}://…")
+
+
+def libpq_url(url: URL) -> str:
+    """The inverse of :func:`sqlalchemy_url`, for psycopg's own connections."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def create_engine(libpq: str, *, pool_size: int) -> AsyncEngine:
+    engine = create_async_engine(
+        sqlalchemy_url(libpq),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+    )
+    count_statements(engine)
+    return engine
+
+
+def count_statements(engine: AsyncEngine) -> None:
+    """Count every statement (and pre-ping) sent, so "queries per second" is measurable from
+    the app's side, apart from whatever else runs in the database."""
+
+    def counted(*_: object) -> None:
+        metrics.DB_STATEMENTS.inc()
+
+    event.listen(engine.sync_engine, "before_cursor_execute", counted)
+    event.listen(engine.sync_engine, "engine_connect", counted)
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """One round trip: raises when the database cannot be reached."""
+    async with engine.connect() as conn:
+        await conn.execute(select(literal(1)))

@@ -1,0 +1,74 @@
+"""psycopg's own connection pool, for the event table's hot paths (appends, history, fan-out).
+
+Plain SQL on psycopg, not SQLAlchemy: see docs/ARCHITECTURE.md ("Two ways to the database")
+for what that saves per append. Every connection is in autocommit: each statement is its
+own transaction, with no BEGIN and COMMIT round trips.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg import AsyncConnection, OperationalError
+from psycopg.types.json import set_json_loads
+from psycopg_pool import AsyncConnectionPool
+
+from ledger import metrics
+from ledger.domain import Event
+from ledger.storage.tables import event_from_row
+
+Pool = AsyncConnectionPool[AsyncConnection[Any]]
+
+
+def load_json(data: bytes | bytearray | str) -> Any:
+    """The standard library's loads, on text: given bytes it sniffs their encoding first,
+    a cost per row of every replay. (orjson would be faster, but reads integers beyond 64
+    bits as floats, and the hash chain covers the exact values.)"""
+    return json.loads(data if isinstance(data, str) else data.decode())
+
+
+async def configure(conn: AsyncConnection[Any]) -> None:
+    set_json_loads(load_json, conn)
+
+
+async def still_open(conn: AsyncConnection[Any]) -> None:
+    """The pool's check on checkout, so a PostgreSQL restart costs no failed request.
+
+    An idle connection has nothing to say: if its socket is readable, the server has
+    closed it (or sent a notice), and only then does a round trip find out which; the
+    common case costs one ``poll`` instead of psycopg's own check's empty query.
+    """
+    if conn.closed:
+        raise OperationalError("the connection is closed")
+    # poll, not select: a server with thousands of streams has descriptors past select's
+    # limit of 1024.
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    if poller.poll(0):
+        await conn.execute("")
+
+
+def create_pool(url: str, *, size: int) -> Pool:
+    """A pool that is not open yet (``await pool.open()``)."""
+    return AsyncConnectionPool(
+        url,
+        min_size=min(4, size),
+        max_size=size,
+        open=False,
+        kwargs={"autocommit": True},
+        check=still_open,
+        configure=configure,
+        name="ledger-eventlog",
+    )
+
+
+async def fetch_events(
+    conn: AsyncConnection[Any], query: str, params: Sequence[Any] | dict[str, Any]
+) -> list[Event]:
+    """Run a statement that selects event columns, and decode its rows."""
+    metrics.DB_STATEMENTS.inc()
+    cursor = await conn.execute(query, params)
+    return [event_from_row(row) for row in await cursor.fetchall()]

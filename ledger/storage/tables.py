@@ -1,0 +1,94 @@
+"""The tables (and the analytics view the queries read), described once for SQLAlchemy Core.
+
+The event columns come from :data:`ledger.domain.EVENT_FIELDS`: the SQLAlchemy column list,
+the plain-SQL column list of the hot paths and the decoding of a row into an
+:class:`~ledger.domain.Event` are all derived from it here. Alembic's migrations create the
+tables; this module only describes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Column, DateTime, Float, Integer, MetaData, SmallInteger, Table, Text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
+from sqlalchemy.types import BigInteger, UserDefinedType
+
+from ledger.domain import EVENT_FIELDS, Event, EventType, Status
+
+
+class Xid8(UserDefinedType[str]):
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "xid8"
+
+
+metadata = MetaData()
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", PG_UUID(as_uuid=True), primary_key=True),
+    Column("patient_id", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+care_assignments = Table(
+    "care_assignments",
+    metadata,
+    Column("therapist_id", Text, primary_key=True),
+    Column("patient_id", Text, primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("position", BigInteger, primary_key=True),
+    Column("tx_id", Xid8, nullable=False),
+    Column("session_id", PG_UUID(as_uuid=True), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("progress", SmallInteger, nullable=False),
+    Column("message", Text),
+    Column("error", Text),
+    Column("data", JSONB, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("idempotency_key", Text),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("prev_hash", Text, nullable=False),
+    Column("hash", Text, nullable=False),
+)
+
+# The view of migration 0002 that the stage figures read.
+stage_durations = Table(
+    "stage_durations",
+    MetaData(),
+    Column("session_id", PG_UUID(as_uuid=True)),
+    Column("status", Text),
+    Column("entered_at", DateTime(timezone=True)),
+    Column("left_at", DateTime(timezone=True)),
+    Column("seconds", Float),
+)
+
+# What every event read selects, in EVENT_FIELDS order: as SQLAlchemy columns and as text.
+EVENT_COLUMNS = tuple(events.c[name] for name in EVENT_FIELDS)
+EVENT_COLUMN_LIST = ", ".join(EVENT_FIELDS)
+
+# A dict lookup instead of calling the enum, per row of a replay.
+_EVENT_TYPES = {kind.value: kind for kind in EventType}
+_STATUSES = {status.value: status for status in Status}
+_TYPE = EVENT_FIELDS.index("type")
+_STATUS = EVENT_FIELDS.index("status")
+
+
+def event_from_row(row: Sequence[Any]) -> Event:
+    """An event from a row selected as :data:`EVENT_COLUMNS` (or its text form)."""
+    values = dict(zip(EVENT_FIELDS, row, strict=True))
+    values["type"] = _EVENT_TYPES[row[_TYPE]]
+    values["status"] = _STATUSES[row[_STATUS]]
+    return Event(**values)

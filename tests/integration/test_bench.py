@@ -1,0 +1,46 @@
+"""``python -m benchmarks --quick`` runs end to end and writes its report (timings are not
+judged)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks import nchan
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_quick_writes_a_report(pg_server_url: str, tmp_path: Path) -> None:
+    output = tmp_path / "bench-results.json"
+    env = {**os.environ, "LEDGER_DATABASE_URL": pg_server_url, "COLUMNS": "160"}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--output", str(output)],
+        cwd=CHECKOUT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(output.read_text())
+    assert report["quick"] is True
+    assert report["machine"]["cores"] >= 1
+    metrics = {r["metric"] for r in report["results"]}
+    assert {"GET /api/analytics/summary", "GET /api/analytics/stages"} <= metrics
+    # Every figure was measured; only the idle statement rate may truly be zero.
+    assert all(r["value"] > 0 for r in report["results"] if r["unit"] != "/s")
+    assert all(r["value"] >= 0 for r in report["results"])
+    # Streams deliver nothing twice (whether all arrived within the wait is timing).
+    streamed = [r for r in report["results"] if "expected" in (r["notes"] or {})]
+    assert len(streamed) == 3
+    assert all(0 < r["notes"]["received"] <= r["notes"]["expected"] for r in streamed)
+    # .ci/run installs nginx with the Nchan module: the comparison runs under the same load.
+    if nchan.available():
+        versus = [r for r in report["results"] if r["metric"] == "p99 as a multiple of Nchan's"]
+        assert len(versus) == 2
+        assert all(r["notes"]["nchan_received"] > 0 for r in versus)
+    assert "analytics over 100,000 events" in done.stdout

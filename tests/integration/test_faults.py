@@ -1,0 +1,205 @@
+"""Faults with real parts: a killed listener, a PostgreSQL restart, a killed server process."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from ledger.live.listener import LISTENER_NAME
+from ledger.storage.migrations import upgrade
+from ledger.storage.pool import still_open
+from tests.support import (
+    Follower,
+    LiveServer,
+    append,
+    append_retrying,
+    auth,
+    backends,
+    create_session,
+    event_messages,
+    iter_sse,
+    metric,
+    stream,
+    table_versions,
+    take,
+    wait_until,
+    with_database,
+)
+
+
+def progress(n: int) -> dict[str, Any]:
+    return {"status": "transcribing", "progress": n}
+
+
+def assert_exactly_the_table(follower: Follower, database_url: str, session_id: str) -> None:
+    received = [e["version"] for e in follower.result()]
+    assert received == table_versions(database_url, session_id)
+    assert received == list(range(1, len(received) + 1))
+
+
+def test_listener_terminated_mid_stream(
+    server_factory: Callable[..., LiveServer], database_url: str
+) -> None:
+    live = server_factory()
+    with live.client() as client:
+        session_id = create_session(client)
+        append(client, session_id, progress(1))
+    follower = Follower([live.base_url], session_id)
+    follower.start()
+    assert wait_until(lambda: len(follower.events) == 1)
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s"
+            " AND datname = current_database()",
+            (LISTENER_NAME,),
+        ).fetchall()
+    assert killed == [(True,)]
+    # Appended while the listener is gone or reconnecting: their notifications are lost.
+    for n in range(2, 7):
+        append_retrying(live.base_url, session_id, progress(n), key=f"p{n}")
+    append_retrying(live.base_url, session_id, {"status": "processed"}, key="done")
+    assert_exactly_the_table(follower, database_url, session_id)
+    assert follower.connections == 1  # the stream itself survived the listener's death
+    assert metric(live, "ledger_listener_reconnects_total") >= 2
+
+
+@pytest.fixture
+def private_postgres(tmp_path: Path) -> Iterator[tuple[Any, str]]:
+    """A PostgreSQL of this test's own, so the test may restart it."""
+    import pgserver
+
+    server = pgserver.get_server(tmp_path / "pgdata", cleanup_mode="stop")
+    with psycopg.connect(server.get_uri("postgres"), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE ledger")
+    url = with_database(server.get_uri("postgres"), "ledger")
+    upgrade(url)
+    yield server, url
+    server.cleanup()
+
+
+def test_postgres_restart_mid_stream(private_postgres: tuple[Any, str], tmp_path: Path) -> None:
+    import pgserver
+
+    server, url = private_postgres
+    live = LiveServer(url, tmp_path / "server").start()
+    try:
+        with live.client() as client:
+            session_id = create_session(client)
+            append(client, session_id, [progress(1), progress(2)])
+        follower = Follower([live.base_url], session_id)
+        follower.start()
+        assert wait_until(lambda: len(follower.events) == 2)
+
+        pgserver.pg_ctl(
+            ["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user
+        )
+
+        for n in range(3, 8):
+            append_retrying(live.base_url, session_id, progress(n), key=f"p{n}")
+        append_retrying(live.base_url, session_id, {"status": "processed"}, key="done")
+        assert_exactly_the_table(follower, url, session_id)
+        assert wait_until(lambda: metric(live, "ledger_listener_reconnects_total") >= 2)
+        assert wait_until(lambda: metric(live, "ledger_listener_up") == 1)
+    finally:
+        live.stop()
+
+
+def test_server_killed_client_resumes_on_another(
+    server_factory: Callable[..., LiveServer], database_url: str
+) -> None:
+    first, second = server_factory(), server_factory()
+    with first.client() as client:
+        session_id = create_session(client)
+        append(client, session_id, [progress(1), progress(2), progress(3)])
+    follower = Follower([first.base_url, second.base_url], session_id)
+    follower.start()
+    assert wait_until(lambda: len(follower.events) == 3)
+    append_retrying(second.base_url, session_id, progress(4), key="p4")  # B -> subscriber on A
+    assert wait_until(lambda: len(follower.events) == 4)
+    first.kill()
+    for n in range(5, 9):
+        append_retrying(second.base_url, session_id, progress(n), key=f"p{n}")
+    append_retrying(second.base_url, session_id, {"status": "failed", "error": "x"}, key="end")
+    assert_exactly_the_table(follower, database_url, session_id)
+    assert follower.connections >= 2
+
+
+def test_event_appended_on_one_process_reaches_another(
+    server_factory: Callable[..., LiveServer],
+) -> None:
+    writer, reader = server_factory(), server_factory()
+    with writer.client() as client:
+        session_id = create_session(client)
+        with stream(reader, f"/api/sessions/{session_id}/status/stream") as response:
+            messages = iter_sse(response)
+            next(messages)  # the retry hint: subscribed
+            appended = append(client, session_id, progress(9)).json()[0]
+            got = take(event_messages(messages), 1)[0]
+    assert json.loads(got.data or "") == appended
+
+
+def test_sigterm_closes_streams_cleanly(server_factory: Callable[..., LiveServer]) -> None:
+    live = server_factory()
+    with live.client() as client:
+        session_id = create_session(client)
+    with stream(live, f"/api/sessions/{session_id}/status/stream") as response:
+        messages = iter_sse(response)
+        next(messages)
+        assert live.terminate() == 0
+        # The response ends properly (a broken chunked stream would raise here).
+        remaining = list(messages)
+    assert all(m.data is None for m in remaining)
+
+
+def test_pooled_connections_killed_under_the_server(
+    server_factory: Callable[..., LiveServer], database_url: str
+) -> None:
+    """Connections the database dropped (a restart, an operator's pg_terminate_backend) are
+    noticed when taken from the pool and replaced: the next requests succeed, not 503."""
+    live = server_factory(LEDGER_POOL_SIZE="4")
+    with live.client() as client:
+        session_id = create_session(client)
+        for n in range(1, 9):  # warm every pooled connection
+            assert append(client, session_id, progress(n)).status_code == 201
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND application_name <> %s",
+                (LISTENER_NAME,),
+            ).fetchone()
+        assert killed is not None
+        assert killed[0] >= 4
+        assert wait_until(lambda: backends(database_url) == 1)  # the listener alone
+        for n in range(9, 13):
+            response = append(client, session_id, progress(n))
+            assert response.status_code == 201, response.text
+        status = client.get(f"/api/sessions/{session_id}/status", headers=auth("admin"))
+        assert status.status_code == 200, status.text
+        assert status.json()["version"] == 12
+    assert table_versions(database_url, session_id) == list(range(1, 13))
+
+
+async def test_the_pool_check_works_past_descriptor_1024(database_url: str) -> None:
+    """A server holding thousands of streams gives its pooled connections descriptors past
+    1024, where select() refuses to look: the check on checkout must still work (with
+    select, every checkout failed, and the pool churned through new connections)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    filler = [os.dup(0) for _ in range(1100)]
+    try:
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            assert conn.fileno() > 1024
+            await still_open(conn)  # idle and healthy: no error, no round trip needed
+            assert not conn.closed
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -1,0 +1,94 @@
+"""Lean routes are bound to their declared routes by identity, and refuse to start when they
+would skip a parameter or a dependency the declared route has."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi import APIRouter, Depends, FastAPI, Response
+from starlette.requests import Request
+
+from ledger.api import lean
+from ledger.api.app import create_app
+from ledger.api.lean import Lean, LeanRoute
+from ledger.settings import Settings
+
+
+async def endpoint(a: str, b: int) -> Response:
+    return Response(f"{a}{b}")
+
+
+async def other_endpoint(a: str) -> Response:
+    return Response(a)
+
+
+def app_with(*routes: tuple[str, Any], dependencies: list[Any] | None = None) -> FastAPI:
+    app = FastAPI()
+    router = APIRouter(prefix="/p", dependencies=dependencies or [])
+    for path, function in routes:
+        router.add_api_route(path, function, methods=["POST"])
+    app.include_router(router)
+    return app
+
+
+def finds(*names: str) -> dict[str, lean.Find]:
+    return {name: (lambda request, found: "1") for name in names}
+
+
+def test_the_route_is_found_by_its_endpoint_with_its_path_and_methods() -> None:
+    app = app_with(("/x/{a}", other_endpoint), ("/y", endpoint))
+    lean.install(app, [Lean(endpoint, finds("a", "b"))])
+    installed = app.router.routes[0]
+    assert isinstance(installed, LeanRoute)
+    assert (installed.path, installed.methods) == ("/p/y", {"POST"})
+
+
+def test_a_parameter_the_binding_does_not_find_refuses_to_start() -> None:
+    app = app_with(("/y", endpoint))
+    with pytest.raises(RuntimeError, match="finds \\['a'\\], but the endpoint takes"):
+        lean.install(app, [Lean(endpoint, finds("a"))])
+    with pytest.raises(RuntimeError, match="but the endpoint takes"):
+        lean.install(app, [Lean(endpoint, finds("a", "b", "c"))])
+
+
+def test_a_route_dependency_refuses_to_start() -> None:
+    async def audit() -> None:
+        return None
+
+    app = app_with(("/y", endpoint), dependencies=[Depends(audit)])
+    with pytest.raises(RuntimeError, match="dependencies that its lean route would skip"):
+        lean.install(app, [Lean(endpoint, finds("a", "b"))])
+
+
+def test_an_undeclared_endpoint_refuses_to_start() -> None:
+    with pytest.raises(RuntimeError, match="declared by 0 routes"):
+        lean.install(app_with(("/x", other_endpoint)), [Lean(endpoint, finds("a", "b"))])
+
+
+async def test_the_endpoint_is_called_with_what_was_found_in_order() -> None:
+    seen: list[str] = []
+
+    async def first(request: Request, found: dict[str, Any]) -> str:
+        seen.append("a")
+        return "x"
+
+    def second(request: Request, found: dict[str, Any]) -> int:
+        seen.append("b")
+        return len(found["a"]) + 1
+
+    response = await Lean(endpoint, {"a": first, "b": second}).serve(
+        Request({"type": "http", "method": "POST", "headers": [], "path": "/"})
+    )
+    assert seen == ["a", "b"]
+    assert bytes(response.body) == b"x2"
+
+
+def test_the_apps_own_bindings_match_their_endpoints() -> None:
+    app = create_app(Settings())
+    lean_paths = {r.path for r in app.router.routes if isinstance(r, LeanRoute)}
+    assert lean_paths == {
+        "/api/sessions/{session_id}/status/stream",
+        "/api/events/stream",
+        "/api/sessions/{session_id}/events",
+    }
