@@ -17,7 +17,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from ledger.errors import Forbidden, Unauthorized
+from ledger.errors import Forbidden, SetupError, Unauthorized
 from ledger.settings import Settings
 
 SECRET_FILE = "jwt-secret"
@@ -55,11 +55,21 @@ class KeyConfig:
     signing_key: Any | None
 
 
-def _dev_secret(data_dir: Path) -> str:
-    """A random secret kept under the data directory, so development tokens survive restarts."""
+def _dev_secret(data_dir: Path, *, create: bool) -> str:
+    """A random secret kept under the data directory, so development tokens survive restarts.
+
+    Only the server creates it: a CLI that minted with a secret of its own would make
+    tokens that the running server refuses.
+    """
     path = data_dir / SECRET_FILE
     if path.exists():
         return path.read_text().strip()
+    if not create:
+        raise SetupError(
+            f"no development secret at {path}: start the server first (it creates one), run "
+            "this where the server runs (the nearest .ledger/ upward is used), or set "
+            "LEDGER_DATA_DIR or LEDGER_JWT_SECRET as the server has them"
+        )
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(48)
     path.touch(mode=0o600)
@@ -67,20 +77,24 @@ def _dev_secret(data_dir: Path) -> str:
     return secret
 
 
-def load_keys(settings: Settings) -> KeyConfig:
+def load_keys(settings: Settings, *, create: bool = False) -> KeyConfig:
+    """The configured keys; ``create`` (the server) makes the development secret if needed."""
     if settings.jwt_public_key:
-        public = load_pem_public_key(settings.jwt_public_key.encode())
+        try:
+            public = load_pem_public_key(settings.jwt_public_key.encode())
+        except ValueError as exc:
+            raise SetupError(f"LEDGER_JWT_PUBLIC_KEY is not a PEM public key ({exc})") from None
         default = "ES256" if isinstance(public, ec.EllipticCurvePublicKey) else "RS256"
         algorithm = settings.jwt_algorithm or default
         if not algorithm.startswith(("RS", "ES")):
-            raise ValueError("LEDGER_JWT_PUBLIC_KEY needs an RS* or ES* LEDGER_JWT_ALGORITHM")
+            raise SetupError("LEDGER_JWT_PUBLIC_KEY needs an RS* or ES* LEDGER_JWT_ALGORITHM")
         if algorithm.startswith("RS") != isinstance(public, rsa.RSAPublicKey):
-            raise ValueError(f"{algorithm} does not match the type of LEDGER_JWT_PUBLIC_KEY")
+            raise SetupError(f"{algorithm} does not match the type of LEDGER_JWT_PUBLIC_KEY")
         return KeyConfig(algorithm, public, settings.jwt_private_key)
-    secret = settings.jwt_secret or _dev_secret(settings.data_dir)
+    secret = settings.jwt_secret or _dev_secret(settings.data_dir, create=create)
     algorithm = settings.jwt_algorithm or "HS256"
     if not algorithm.startswith("HS"):
-        raise ValueError(f"{algorithm} needs LEDGER_JWT_PUBLIC_KEY")
+        raise SetupError(f"{algorithm} needs LEDGER_JWT_PUBLIC_KEY")
     return KeyConfig(algorithm, secret, secret)
 
 
@@ -139,7 +153,7 @@ class TokenVerifier:
 
     def mint(self, role: Role, subject: str, ttl_seconds: int) -> str:
         if self.keys.signing_key is None:
-            raise ValueError("minting RS/ES tokens needs LEDGER_JWT_PRIVATE_KEY")
+            raise SetupError("minting RS/ES tokens needs LEDGER_JWT_PRIVATE_KEY")
         now = int(time.time())
         claims: dict[str, Any] = {"sub": subject, "role": role.value, "iat": now}
         claims["exp"] = now + ttl_seconds

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
 from ledger.errors import Conflict
@@ -60,7 +60,7 @@ class NewEvent:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
     session_id: UUID
     version: int
@@ -102,7 +102,7 @@ class Event:
 EVENT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Event))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class VersionRange:
     """Versions ``first`` to ``last`` (inclusive) of one session."""
 
@@ -111,7 +111,8 @@ class VersionRange:
     last: int
 
 
-class CarePair(NamedTuple):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CarePair:
     """A care assignment: ``therapist_id`` may read ``patient_id``'s sessions."""
 
     therapist_id: str
@@ -150,20 +151,21 @@ class Hashed(Protocol):
 def canonical_json(session_id: UUID, actor: str, recorded_at: datetime, event: Hashed) -> str:
     """The hashed form: sorted keys, no spaces, UTF-8 as is (README: "Hash chain")."""
     return _canonical(
-        str(session_id),
-        actor,
-        format_timestamp(recorded_at),
-        event.version,
-        event.type,
-        event.status,
-        event.progress,
-        event.message,
-        event.error,
-        event.data,
+        session_id=str(session_id),
+        actor=actor,
+        recorded_at=format_timestamp(recorded_at),
+        version=event.version,
+        kind=event.type,
+        status=event.status,
+        progress=event.progress,
+        message=event.message,
+        error=event.error,
+        data=event.data,
     )
 
 
 def _canonical(
+    *,
     session_id: str,
     actor: str,
     recorded_at: str,
@@ -201,7 +203,7 @@ def chain_hash(prev_hash: str, canonical: str) -> str:
     return hashlib.sha256((prev_hash + canonical).encode("utf-8")).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Head:
     """The latest event of a session, as far as appending needs it."""
 
@@ -211,7 +213,7 @@ class Head:
     terminal: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Sealed:
     """A new event with everything decided except its global position."""
 
@@ -274,16 +276,16 @@ def seal(
         elif new.status is Status.PROCESSED:
             progress = 100
         canonical = _canonical(
-            session_text,
-            actor,
-            stamp,
-            version,
-            kind,
-            new.status,
-            progress,
-            new.message,
-            new.error,
-            new.data,
+            session_id=session_text,
+            actor=actor,
+            recorded_at=stamp,
+            version=version,
+            kind=kind,
+            status=new.status,
+            progress=progress,
+            message=new.message,
+            error=new.error,
+            data=new.data,
         )
         digest = chain_hash(prev, canonical)
         sealed.append(

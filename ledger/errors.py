@@ -1,4 +1,5 @@
-"""One root error; ``ledger.api.errors`` maps each kind to its HTTP status in one handler."""
+"""One root error for requests, which ``ledger.api.errors`` maps to HTTP statuses in one
+handler; and :class:`SetupError` for what the person running the service must fix."""
 
 from __future__ import annotations
 
@@ -39,3 +40,8 @@ class Unavailable(LedgerError):
     """The database cannot be reached right now; the request changed nothing and may be retried."""
 
     status_code = 503
+
+
+class SetupError(ValueError):
+    """The configuration or the surroundings are wrong (a missing key, an unreachable
+    database): the CLI says it in one line, naming what to change."""

@@ -1,6 +1,6 @@
 """Logging: JSON lines with a request id, and never a token.
 
-Access lines come from ``ledger.api.observe`` (uvicorn's own access log is off): they carry
+Access lines come from ``ledger.api.middleware`` (uvicorn's own access log is off): they carry
 the route and the path but never the query string, where browsers put their tokens. As a
 second guard every message passes a filter that blanks anything shaped like a token
 parameter.

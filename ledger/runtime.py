@@ -3,6 +3,7 @@ in one place (the app's lifespan runs :func:`running`)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -59,35 +60,33 @@ async def running(settings: Settings, url: str | None = None) -> AsyncIterator[R
     psycopg's pool serves the hot paths (appends, history, fan-out); the SQLAlchemy engine
     the rest, with half as many connections (docs/ARCHITECTURE.md, "Connections").
     """
-    verifier = TokenVerifier(settings, load_keys(settings))
+    verifier = TokenVerifier(settings, load_keys(settings, create=True))
     url = url or database.resolve_database_url(settings)
-    pool = create_pool(url, size=settings.pool_size)
-    await pool.open()
-    engine = database.create_engine(url, pool_size=max(1, settings.pool_size // 2))
-    history = History(pool)
-    care = CareAssignments(engine)
-    hub = Hub(history, care, queue_size=settings.subscriber_queue_size)
-    listener = Listener(url, hub, probe_seconds=settings.listener_probe_seconds)
-    runtime = Runtime(
-        settings=settings,
-        verifier=verifier,
-        sessions=Sessions(engine),
-        care=care,
-        appender=Appender(pool),
-        history=history,
-        global_order=GlobalOrder(engine),
-        reporting=Reporting(engine),
-        hub=hub,
-        listener=listener,
-        engine=engine,
-    )
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        pool = create_pool(url, size=settings.pool_size)
+        await pool.open()
+        stack.push_async_callback(pool.close)
+        engine = database.create_engine(url, pool_size=max(1, settings.pool_size // 2))
+        stack.push_async_callback(engine.dispose)
+        history = History(pool)
+        care = CareAssignments(engine)
+        hub = Hub(history, care, queue_size=settings.subscriber_queue_size)
+        stack.push_async_callback(hub.stop)
+        listener = Listener(url, hub, probe_seconds=settings.listener_probe_seconds)
+        stack.push_async_callback(listener.stop)  # stopped first: nothing reports any more
         await listener.start()
         if not await listener.wait_listening(LISTENER_START_SECONDS):
             log.warning("the LISTEN connection is not up yet; /readyz reports it")
-        yield runtime
-    finally:
-        await listener.stop()
-        await hub.stop()
-        await engine.dispose()
-        await pool.close()
+        yield Runtime(
+            settings=settings,
+            verifier=verifier,
+            sessions=Sessions(engine),
+            care=care,
+            appender=Appender(pool),
+            history=history,
+            global_order=GlobalOrder(engine),
+            reporting=Reporting(engine),
+            hub=hub,
+            listener=listener,
+            engine=engine,
+        )

@@ -5,9 +5,31 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DATA_DIR_NAME = ".ledger"
+# Never echoed back in an error message.
+SECRET_FIELDS = frozenset(
+    {"database_url", "test_database_url", "jwt_secret", "jwt_private_key", "jwt_public_key"}
+)
+
+
+def find_data_dir(start: Path | None = None) -> Path:
+    """The data directory when ``LEDGER_DATA_DIR`` is unset: the nearest ``.ledger/`` in
+    the working directory or one of its parents (as git finds ``.git``), so the CLI run
+    from a subdirectory of a checkout uses the server's key; ``./.ledger`` if there is
+    none. The one place this is decided."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / DATA_DIR_NAME).is_dir():
+            return folder / DATA_DIR_NAME
+    return here / DATA_DIR_NAME
+
 
 JwtAlgorithm = Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384"]
 
@@ -20,7 +42,7 @@ class Settings(BaseSettings):
     # Used only by the test suite: a server on which tests may create databases.
     test_database_url: str | None = None
     # Embedded PostgreSQL data and the generated development secret live here.
-    data_dir: Path = Path(".ledger")
+    data_dir: Path = Field(default_factory=find_data_dir)
 
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
@@ -50,8 +72,27 @@ class Settings(BaseSettings):
     pool_size: int = Field(default=20, ge=1)
     # Set by `ledger serve --workers N` so /metrics adds up every worker's series.
     metrics_dir: Path | None = Field(default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR")
+    # How long `ledger serve` waits for an unreachable database before it gives up.
+    database_wait_seconds: float = Field(default=30.0, ge=0)
     # How long the listener waits in silence before probing its connection.
     listener_probe_seconds: float = Field(default=5.0, gt=0)
+
+    @field_validator("database_url", "test_database_url")
+    @classmethod
+    def _libpq_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = urlsplit(value).scheme
+        if scheme not in ("postgresql", "postgres", "postgresql+psycopg"):
+            raise ValueError(
+                "expected a libpq URL such as postgresql://user@host:5432/dbname"
+                + (f", not {scheme}://…" if scheme else "")
+            )
+        try:
+            conninfo_to_dict(value)
+        except psycopg.ProgrammingError as exc:
+            raise ValueError(f"not a valid libpq URL ({exc})") from None
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -71,3 +112,20 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def describe(error: ValidationError) -> str:
+    """A settings error in one line, naming the variable, the value and what was expected."""
+    env_names = {
+        name: (field.validation_alias if isinstance(field.validation_alias, str) else None)
+        or f"LEDGER_{name.upper()}"
+        for name, field in Settings.model_fields.items()
+    }
+    parts = []
+    for problem in error.errors():
+        field = str(problem["loc"][0]) if problem["loc"] else ""
+        variable = env_names.get(field, field)
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        shown = "" if field in SECRET_FIELDS else f"={problem['input']!r}"
+        parts.append(f"{variable}{shown}: {message}")
+    return "; ".join(parts)

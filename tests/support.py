@@ -149,14 +149,34 @@ def append(
 
 
 def load_events(db: psycopg.Connection[Any], session_id: str) -> list[Any]:
-    """A session's stored events as domain objects, to check chains with the real verifier."""
-    from ledger.storage.tables import EVENT_COLUMN_LIST, event_from_row
+    """A session's stored events as domain objects, to check chains with the real verifier
+    (decoded here by column name, not by the code under test)."""
+    from psycopg.rows import dict_row
 
-    rows = db.execute(
-        f"SELECT {EVENT_COLUMN_LIST} FROM events WHERE session_id = %s ORDER BY version",
-        (session_id,),
-    ).fetchall()
-    return [event_from_row(row) for row in rows]
+    from ledger.domain import Event, EventType, Status
+
+    with db.cursor(row_factory=dict_row) as cursor:
+        rows = cursor.execute(
+            "SELECT * FROM events WHERE session_id = %s ORDER BY version", (session_id,)
+        ).fetchall()
+    return [
+        Event(
+            session_id=r["session_id"],
+            version=r["version"],
+            position=r["position"],
+            type=EventType(r["type"]),
+            status=Status(r["status"]),
+            progress=r["progress"],
+            message=r["message"],
+            error=r["error"],
+            data=r["data"],
+            actor=r["actor"],
+            recorded_at=r["recorded_at"],
+            prev_hash=r["prev_hash"],
+            hash=r["hash"],
+        )
+        for r in rows
+    ]
 
 
 @contextmanager

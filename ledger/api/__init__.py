@@ -1,1 +1,2 @@
-"""HTTP and WebSocket surface: one router per resource, shared dependencies in ``deps``."""
+"""HTTP and WebSocket surface: the app (``app``), one module per resource in ``routes``,
+shared dependencies in ``deps``, and the lean serving of the hottest routes (``lean``)."""

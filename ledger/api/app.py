@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from ledger import __version__
-from ledger.api import errors, lean
+from ledger.api import docs, errors, lean
 from ledger.api.middleware import BodyLimit, Observe
 from ledger.api.openapi import refine_openapi
 from ledger.api.routes import LEAN, ROUTERS, dashboard
@@ -32,6 +32,8 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         version=__version__,
         summary="An event-sourced progress ledger with exactly-resumable live streams.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     errors.install(app)
     refine_openapi(app)
@@ -39,6 +41,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         app.include_router(router)
     lean.install(app, LEAN)
     dashboard.install(app)
+    docs.install(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

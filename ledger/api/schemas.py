@@ -111,7 +111,13 @@ class EventIn(BaseModel):
     data: Data = Field(default_factory=dict)
 
     def to_new(self) -> NewEvent:
-        return NewEvent(self.status, self.progress, self.message, self.error, self.data)
+        return NewEvent(
+            status=self.status,
+            progress=self.progress,
+            message=self.message,
+            error=self.error,
+            data=self.data,
+        )
 
 
 class SingleEventIn(EventIn):

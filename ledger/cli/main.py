@@ -12,8 +12,9 @@ from uuid import UUID
 
 from ledger.auth import Role, TokenVerifier, load_keys
 from ledger.cli.serve import serve_command
-from ledger.settings import get_settings
-from ledger.storage.database import resolve_database_url
+from ledger.errors import SetupError
+from ledger.settings import describe, get_settings
+from ledger.storage.database import resolve_database_url, unreachable
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -163,11 +164,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def explain(error: BaseException) -> str | None:
+    """A user's mistake (or an unreachable server or database) as one line; None for what
+    is a bug, which keeps its traceback."""
+    import httpx
+    import psycopg
+    from pydantic import ValidationError
+
+    from ledger.client import LedgerClientError
+
+    if isinstance(error, ValidationError):
+        return f"invalid setting: {describe(error)}"
+    if isinstance(error, SetupError):
+        return str(error)
+    if isinstance(error, LedgerClientError):
+        return f"the server refused: {error.detail} ({error.status_code})"
+    if isinstance(error, httpx.TransportError):
+        try:
+            where = f"{error.request.url.scheme}://{error.request.url.netloc.decode()}"
+        except RuntimeError:  # no request attached
+            where = "the server"
+        return f"cannot reach {where}: {error} (is `ledger serve` running there?)"
+    cause = getattr(error, "orig", None) or error  # SQLAlchemy wraps the driver's error
+    if isinstance(cause, psycopg.OperationalError):
+        return str(unreachable(get_settings().database_url, cause))
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.run(args)
+    try:
+        code: int = args.run(args)
+    except KeyboardInterrupt:
+        print("ledger: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        line = explain(error)
+        if line is None:
+            raise
+        print(f"ledger: {line}", file=sys.stderr)
+        return 1
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

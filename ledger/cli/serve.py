@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import signal
 import socket
@@ -10,8 +11,17 @@ import sys
 from types import FrameType
 
 from ledger.settings import get_settings
+from ledger.storage.database import resolve_database_url, wait_for_database
 
 GC_YOUNG_THRESHOLD = 20_000
+
+
+class Stopped(Exception):
+    """SIGTERM arrived after the graceful shutdown (uvicorn re-raises the signal)."""
+
+
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    raise Stopped
 
 
 def inherited_socket(fd: int) -> socket.socket:
@@ -40,7 +50,11 @@ def serve_command(args: argparse.Namespace) -> int:
         from ledger.cli.supervisor import Supervisor
 
         return Supervisor(settings, host, port, args.workers).run()
-    app = create_app(settings)
+    # The database first (starting the embedded one if configured so): a server that
+    # cannot reach it refuses to start, in one line, instead of serving 503s forever.
+    url = resolve_database_url(settings)
+    wait_for_database(url, settings.database_wait_seconds)
+    app = create_app(settings, database_url=url)
     # Everything imported so far lives as long as the process: keep it out of the cyclic
     # collector's scans, and collect the young generation less often (a replay allocates
     # a few objects per event, and most die young without cycles).
@@ -68,8 +82,12 @@ def serve_command(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
         proxy_headers=True,
     )
-    # uvicorn re-raises SIGTERM after its graceful shutdown; exiting normally then lets
-    # atexit handlers run (the embedded PostgreSQL stops with its last user).
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    Server(config).run(sockets=None if args.fd is None else [inherited_socket(args.fd)])
+    # uvicorn re-raises SIGINT (as KeyboardInterrupt) and SIGTERM after its graceful
+    # shutdown; ending normally then lets atexit handlers run (the embedded PostgreSQL
+    # stops with its last user), and a stop is one line, not a traceback.
+    signal.signal(signal.SIGTERM, _stopped)
+    with contextlib.suppress(KeyboardInterrupt, Stopped):
+        Server(config).run(sockets=None if args.fd is None else [inherited_socket(args.fd)])
+    if args.fd is None:  # a supervisor's worker leaves the word to the supervisor
+        print("ledger: stopped", file=sys.stderr)
     return 0

@@ -24,7 +24,7 @@ from types import FrameType
 
 from ledger.auth import load_keys
 from ledger.settings import Settings
-from ledger.storage.database import resolve_database_url
+from ledger.storage.database import resolve_database_url, wait_for_database
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ class Supervisor:
 
     def run(self) -> int:
         url = resolve_database_url(self.settings)
-        load_keys(self.settings)  # creates the development secret once, before any worker
+        wait_for_database(url, self.settings.database_wait_seconds)
+        load_keys(self.settings, create=True)  # the development secret, before any worker
         sock = _listening_socket(self.host, self.port)
         metrics_dir = tempfile.mkdtemp(prefix="ledger-metrics-")
         env = {
@@ -72,6 +73,7 @@ class Supervisor:
             self._shutdown()
             sock.close()
             shutil.rmtree(metrics_dir, ignore_errors=True)
+        print("ledger: stopped", file=sys.stderr)
         return 0
 
     def _spawn(

@@ -110,6 +110,8 @@ class Hub:
             sub.catch_up()
         for entry in entries:
             if isinstance(entry, Unreadable):
+                # Whatever it announced is in the table, so everyone looks there.
+                log.warning("unreadable notification %r: every subscriber catches up", entry.line)
                 self._everyone_catches_up()
                 continue
             if entry.session_id not in self._sessions:

@@ -36,7 +36,7 @@ from ledger.domain import (
 from ledger.errors import Conflict, LedgerError, NotFound, Unavailable, Unprocessable
 from ledger.storage.notifications import EVENTS_CHANNEL, announce_events
 from ledger.storage.pool import Pool, fetch_events
-from ledger.storage.tables import EVENT_COLUMN_LIST
+from ledger.storage.tables import APPENDED_COLUMNS, EVENT_COLUMN_LIST, record_type
 
 # Lost races before an append gives up with a 503 (each retry waits its turn on the lock).
 MAX_ATTEMPTS = 20
@@ -77,16 +77,11 @@ WHERE session_id = %s AND idempotency_key = %s ORDER BY version
 # array (cheaper to send than a parameter per column), one statement for any group. The
 # unique (session_id, version) refuses the whole statement if another writer took one of
 # these versions since the head was read.
-INSERT = """
+INSERT = f"""
 WITH inserted AS (
-    INSERT INTO events (session_id, version, type, status, progress, message, error, data,
-                        actor, idempotency_key, recorded_at, prev_hash, hash)
-    SELECT b.session_id, b.version, b.type, b.status, b.progress, b.message, b.error,
-           b.data, b.actor, b.key, %(recorded_at)s, b.prev_hash, b.hash
-    FROM json_to_recordset(%(rows)s::json) AS b(
-        session_id uuid, version int, type text, status text, progress smallint,
-        message text, error text, data jsonb, actor text, key text, prev_hash text, hash text
-    )
+    INSERT INTO events ({", ".join(APPENDED_COLUMNS)}, recorded_at)
+    SELECT {", ".join(f"b.{name}" for name in APPENDED_COLUMNS)}, %(recorded_at)s
+    FROM json_to_recordset(%(rows)s::json) AS b({record_type(APPENDED_COLUMNS)})
     RETURNING session_id, version, position
 ), announced AS (
     SELECT pg_notify(%(channel)s, %(announcement)s)
@@ -183,7 +178,7 @@ def insert_params(
                     "error": s.error,
                     "data": s.data,
                     "actor": r.actor,
-                    "key": r.key,
+                    "idempotency_key": r.key,
                     "prev_hash": s.prev_hash,
                     "hash": s.hash,
                 }

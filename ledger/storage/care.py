@@ -61,7 +61,7 @@ class CareAssignments:
             return set()
         stmt = select(care_assignments.c.therapist_id, care_assignments.c.patient_id).where(
             tuple_(care_assignments.c.therapist_id, care_assignments.c.patient_id).in_(
-                [tuple(pair) for pair in pairs]
+                [(pair.therapist_id, pair.patient_id) for pair in pairs]
             )
         )
         async with self.engine.connect() as conn:

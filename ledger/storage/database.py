@@ -4,9 +4,11 @@ engine on it, which every statement but the hot paths' uses (those: :mod:`.pool`
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import psycopg
+import psycopg.conninfo
 from psycopg import sql
 from sqlalchemy import event, literal, select
 from sqlalchemy.engine import URL, make_url
@@ -14,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ledger import metrics
+from ledger.errors import SetupError
 from ledger.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,36 @@ def resolve_database_url(settings: Settings) -> str:
     if settings.database_url:
         return settings.database_url
     return start_embedded(settings.data_dir)
+
+
+def where(libpq: str) -> str:
+    """``host:port/dbname`` of a libpq URL, for messages (never its password)."""
+    parts = psycopg.conninfo.conninfo_to_dict(libpq)
+    host = parts.get("host") or "localhost"
+    port = parts.get("port") or "5432"
+    return f"{host}:{port}/{parts.get('dbname') or ''}"
+
+
+def unreachable(libpq: str | None, error: Exception) -> SetupError:
+    """An unreachable database, in one line (None: the embedded one)."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    place = f"at {where(libpq)}" if libpq else "(embedded)"
+    return SetupError(f"cannot reach the database {place}: {reason}")
+
+
+def wait_for_database(libpq: str, seconds: float) -> None:
+    """Until the database answers; a SetupError once ``seconds`` have passed without."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with psycopg.connect(libpq, connect_timeout=max(1, min(5, int(seconds)))) as conn:
+                conn.execute("SELECT 1")
+            return
+        except psycopg.OperationalError as exc:
+            if time.monotonic() >= deadline:
+                raise unreachable(libpq, exc) from None
+            log.warning("waiting for the database at %s: %s", where(libpq), exc)
+            time.sleep(1.0)
 
 
 def sqlalchemy_url(libpq_url: str) -> URL:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from uuid import UUID
 
 from ledger.domain import CarePair, VersionRange
@@ -22,13 +23,11 @@ EVENTS_CHANNEL = "ledger_events"
 ACCESS_CHANNEL = "ledger_access"
 
 
+@dataclass(frozen=True, slots=True)
 class Unreadable:
     """A line of an events payload that could not be read (another version's format?)."""
 
-    __slots__ = ()
-
-
-UNREADABLE = Unreadable()
+    line: str
 
 
 def announce_events(ranges: Iterable[VersionRange]) -> str:
@@ -36,7 +35,7 @@ def announce_events(ranges: Iterable[VersionRange]) -> str:
 
 
 def read_events(payload: str) -> list[VersionRange | Unreadable]:
-    """One entry per line, in order; an unreadable line is :data:`UNREADABLE`."""
+    """One entry per line, in order; a line that cannot be read is :class:`Unreadable`."""
     found: list[VersionRange | Unreadable] = []
     for line in payload.split("\n"):
         try:
@@ -45,8 +44,7 @@ def read_events(payload: str) -> list[VersionRange | Unreadable]:
                 VersionRange(session_id=UUID(raw_id), first=int(raw_first), last=int(raw_last))
             )
         except ValueError:
-            log.warning("unreadable notification line %r", line)
-            found.append(UNREADABLE)
+            found.append(Unreadable(line))
     return found
 
 

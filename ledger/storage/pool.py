@@ -61,7 +61,7 @@ def create_pool(url: str, *, size: int) -> Pool:
         kwargs={"autocommit": True},
         check=still_open,
         configure=configure,
-        name="ledger-eventlog",
+        name="ledger-hot-paths",
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Column, DateTime, Float, Integer, MetaData, SmallInteger, Table, Text
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.types import BigInteger, UserDefinedType
 
@@ -78,6 +79,19 @@ stage_durations = Table(
 # What every event read selects, in EVENT_FIELDS order: as SQLAlchemy columns and as text.
 EVENT_COLUMNS = tuple(events.c[name] for name in EVENT_FIELDS)
 EVENT_COLUMN_LIST = ", ".join(EVENT_FIELDS)
+# What an append sends for each event: the position is the table's to give, and
+# recorded_at is one instant for a whole group.
+APPENDED_COLUMNS = (
+    *(name for name in EVENT_FIELDS if name not in ("position", "recorded_at")),
+    "idempotency_key",
+)
+
+
+def record_type(columns: Sequence[str]) -> str:
+    """``name type, …`` of these columns, for ``json_to_recordset(...) AS b(...)``."""
+    dialect = PGDialect()  # type: ignore[no-untyped-call]  # SQLAlchemy leaves it untyped
+    return ", ".join(f"{name} {events.c[name].type.compile(dialect=dialect)}" for name in columns)
+
 
 # A dict lookup instead of calling the enum, per row of a replay.
 _EVENT_TYPES = {kind.value: kind for kind in EventType}

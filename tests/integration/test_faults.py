@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,16 @@ def private_postgres(tmp_path: Path) -> Iterator[tuple[Any, str]]:
     upgrade(url)
     yield server, url
     server.cleanup()
+    # pgserver stops the postmaster it started; one restarted by the test is another
+    # process: stop whatever runs on this data directory, by its pid file.
+    pid_file = tmp_path / "pgdata" / "postmaster.pid"
+    if pid_file.exists():
+        pid = int(pid_file.read_text().split()[0])
+        os.kill(pid, signal.SIGINT)  # PostgreSQL's "fast" shutdown
+        deadline = time.monotonic() + 30
+        while pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert not pid_file.exists(), "the private PostgreSQL is still running"
 
 
 def test_postgres_restart_mid_stream(private_postgres: tuple[Any, str], tmp_path: Path) -> None:

@@ -35,7 +35,24 @@ new_events = st.builds(
 
 def materialise(session_id: uuid.UUID, batch: list[NewEvent]) -> list[Event]:
     sealed = seal(session_id, Head(), batch, actor="svc", recorded_at=MOMENT)
-    return [s.stored(session_id, s.version, actor="svc", recorded_at=MOMENT) for s in sealed]
+    return [
+        Event(
+            session_id=session_id,
+            version=s.version,
+            position=s.version,
+            type=s.type,
+            status=s.status,
+            progress=s.progress,
+            message=s.message,
+            error=s.error,
+            data=s.data,
+            actor="svc",
+            recorded_at=MOMENT,
+            prev_hash=s.prev_hash,
+            hash=s.hash,
+        )
+        for s in sealed
+    ]
 
 
 @given(st.lists(new_events, min_size=1, max_size=20))

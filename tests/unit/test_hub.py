@@ -10,7 +10,7 @@ import pytest
 from ledger.domain import CarePair, Status, VersionRange
 from ledger.errors import Unavailable
 from ledger.live.hub import Hub
-from ledger.storage.notifications import UNREADABLE
+from ledger.storage.notifications import Unreadable
 from tests.unit.memory import MemoryLedger
 
 PAIR = CarePair(therapist_id="dr-a", patient_id="p-1")
@@ -80,7 +80,7 @@ async def test_an_unreadable_line_makes_everyone_catch_up() -> None:
     hub = make_hub(ledger)
     a, b = uuid.uuid4(), uuid.uuid4()
     with hub.subscribe(a) as sub_a, hub.subscribe(b) as sub_b, hub.subscribe(None) as everything:
-        hub.announced([UNREADABLE])
+        hub.announced([Unreadable("from a newer version")])
         assert all(sub.needs_catchup for sub in (sub_a, sub_b, everything))
 
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from ledger.domain import CarePair, VersionRange
 from ledger.storage.notifications import (
-    UNREADABLE,
+    Unreadable,
     announce_events,
     announce_removal,
     read_events,
@@ -35,7 +35,12 @@ def test_announced_ranges_read_back_as_written(written: list[VersionRange]) -> N
 def test_an_unreadable_line_is_marked_and_the_others_still_read() -> None:
     good = VersionRange(session_id=uuid.uuid4(), first=1, last=2)
     payload = "\n".join([announce_events([good]), "not a line", f"{good.session_id} x 3", ""])
-    assert read_events(payload) == [good, UNREADABLE, UNREADABLE, UNREADABLE]
+    assert read_events(payload) == [
+        good,
+        Unreadable("not a line"),
+        Unreadable(f"{good.session_id} x 3"),
+        Unreadable(""),
+    ]
 
 
 @given(st.text(max_size=40), st.text(max_size=40))

@@ -105,7 +105,6 @@ async def _deny(websocket: WebSocket, status_code: int, detail: str) -> None:
     responses=STREAM_RESPONSES,
 )
 async def session_stream(
-    session_id: UUID,
     session: StreamableSession,
     principal: StreamPrincipal,
     runtime: RuntimeDep,
@@ -267,14 +266,14 @@ LEAN = [
     Lean(
         session_stream,
         {
-            "session_id": lambda request, found: path_uuid(request, "session_id"),
             "last_event_id": _cursor_query,
             "last_event_id_header": _cursor_header,
             "access_token": lambda request, found: request.query_params.get("access_token"),
             "runtime": lambda request, found: get_runtime(request),
             "principal": _stream_principal,
+            # FastAPI too resolves the principal before it validates the path.
             "session": lambda request, found: streamable_session(
-                found["session_id"], found["runtime"], found["principal"]
+                path_uuid(request, "session_id"), found["runtime"], found["principal"]
             ),
         },
     ),
