@@ -2,44 +2,54 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+# `make run` installs what serving needs; the targets that test, lint or measure add the
+# development tools (pytest, Playwright, mypy, ...).
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install run test test-unit lint format bench clean
+.PHONY: install install-dev run test test-unit lint format bench clean
 
-install: $(STAMP)
+install: $(RUN_STAMP)
+install-dev: $(DEV_STAMP)
 
-$(STAMP): pyproject.toml
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+$(DEV_STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(RUN_STAMP) $(DEV_STAMP)
 
 run: install
 	$(BIN)/ledger migrate
 	exec $(BIN)/ledger serve
 
-test: install
+test: install-dev
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Pure logic and live/ against an in-memory ledger: no database, seconds.
-test-unit: install
+test-unit: install-dev
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 # The fan-out comparison needs nginx with the Nchan module; as root on Debian, get it.
-bench: install
+bench: install-dev
 	@[ -e /usr/lib/nginx/modules/ngx_nchan_module.so ] || [ "$$(id -u)" != 0 ] || \
 		! command -v apt-get >/dev/null || \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-nchan >/dev/null || \
 		echo "could not install nginx + Nchan: the comparison will be skipped"
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
-format: install
+format: install-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 

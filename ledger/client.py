@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from ledger.domain import uuid_prefix_range
+
 TokenSource = str | Callable[[], str]
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 TERMINAL_EVENTS = frozenset({"complete", "error"})
@@ -149,6 +151,27 @@ class Reporter:
                     raise
             time.sleep(self.delay(attempt))
             attempt += 1
+
+
+def find_session(base_url: str, token: str, prefix: str) -> str:
+    """The one session the caller may read whose id starts with ``prefix`` (the short ids
+    the dashboard shows; a whole id works too)."""
+    if uuid_prefix_range(prefix) is None:
+        raise LedgerClientError(400, f"{prefix!r} is not the start of a session id (hex digits)")
+    with httpx.Client(base_url=base_url, timeout=10) as http:
+        response = http.get(
+            "/api/sessions",
+            params={"id_prefix": prefix, "limit": 2},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    if response.status_code != 200:
+        raise LedgerClientError(response.status_code, _detail(response))
+    found = [session["id"] for session in response.json()["sessions"]]
+    if not found:
+        raise LedgerClientError(404, f"no session you may read starts with {prefix!r}")
+    if len(found) > 1:
+        raise LedgerClientError(409, f"{prefix!r} names more than one session: give more")
+    return str(found[0])
 
 
 async def follow(

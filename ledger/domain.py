@@ -102,6 +102,15 @@ class Event:
 EVENT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Event))
 
 
+def uuid_prefix_range(prefix: str) -> tuple[UUID, UUID] | None:
+    """The first and last UUID that start with these hex digits (dashes ignored), or None
+    when it is not a prefix of any UUID: a range an index can scan, unlike ``LIKE``."""
+    digits = prefix.replace("-", "").lower()
+    if not digits or len(digits) > 32 or any(c not in "0123456789abcdef" for c in digits):
+        return None
+    return UUID(digits.ljust(32, "0")), UUID(digits.ljust(32, "f"))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VersionRange:
     """Versions ``first`` to ``last`` (inclusive) of one session."""

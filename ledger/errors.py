@@ -43,5 +43,5 @@ class Unavailable(LedgerError):
 
 
 class SetupError(ValueError):
-    """The configuration or the surroundings are wrong (a missing key, an unreachable
-    database): the CLI says it in one line, naming what to change."""
+    """What the person running a command must fix (a setting, a missing key, an unreachable
+    database, a session id that names no session): the CLI says it in one line."""

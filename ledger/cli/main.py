@@ -8,7 +8,6 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import IO
-from uuid import UUID
 
 from ledger.auth import Role, TokenVerifier, load_keys
 from ledger.cli.serve import serve_command
@@ -47,7 +46,7 @@ def _export(args: argparse.Namespace) -> int:
                 get_settings(),
                 args.format,
                 out,
-                session_id=args.session,
+                session=args.session,
                 after=args.after,
                 start=args.start,
                 end=args.end,
@@ -77,9 +76,21 @@ def _token_for(args: argparse.Namespace, role: Role, subject: str) -> str:
 
 def _tail(args: argparse.Namespace) -> int:
     from ledger.cli.terminal import run_tail
+    from ledger.client import LedgerClientError, find_session
 
     token = _token_for(args, Role.AUDITOR, "tail")
-    return run_tail(_base_url(args), str(args.session), token, from_start=args.from_start)
+    base_url = _base_url(args)
+    try:
+        session_id = find_session(base_url, token, args.session)
+    except LedgerClientError as refused:
+        if refused.status_code == 401 and not args.token:
+            raise SetupError(
+                f"{base_url} refused a token signed with the key under "
+                f"{get_settings().data_dir}: the server runs with another LEDGER_DATA_DIR or "
+                "LEDGER_JWT_SECRET (or pass --token)"
+            ) from None
+        raise
+    return run_tail(base_url, session_id, token, from_start=args.from_start)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -129,11 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser(
         "verify", help="recompute the hash chains; exit 1 if any is broken"
     )
-    verify.add_argument("--session", type=UUID, default=None, help="only this session")
+    verify.add_argument(
+        "--session", default=None, help="only this session (its id, or the start of it)"
+    )
     verify.set_defaults(run=_verify)
 
     export = commands.add_parser("export", help="export history as NDJSON or CSV")
-    export.add_argument("--session", type=UUID, default=None, help="only this session")
+    export.add_argument(
+        "--session", default=None, help="only this session (its id, or the start of it)"
+    )
     export.add_argument("--from", dest="start", type=_timestamp, default=None)
     export.add_argument("--to", dest="end", type=_timestamp, default=None)
     export.add_argument(
@@ -146,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail = commands.add_parser(
         "tail", help="follow a session with a progress bar; exit 0 processed, 1 failed"
     )
-    tail.add_argument("session", type=UUID)
+    tail.add_argument("session", help="the session's id, or the start of it")
     tail.add_argument("--from-start", action="store_true", help="show the whole history first")
     tail.add_argument("--url", default=None, help="default: http://LEDGER_HOST:LEDGER_PORT")
     tail.add_argument("--token", default=None, help="default: minted with the configured key")
@@ -178,7 +193,7 @@ def explain(error: BaseException) -> str | None:
     if isinstance(error, SetupError):
         return str(error)
     if isinstance(error, LedgerClientError):
-        return f"the server refused: {error.detail} ({error.status_code})"
+        return f"{error.detail} ({error.status_code})"
     if isinstance(error, httpx.TransportError):
         try:
             where = f"{error.request.url.scheme}://{error.request.url.netloc.decode()}"

@@ -24,21 +24,35 @@ from rich.progress import (
 )
 
 from ledger.domain import Event
+from ledger.errors import SetupError
 from ledger.exports import ExportFormat, encode
 from ledger.settings import Settings
 from ledger.storage.database import create_engine, resolve_database_url
 from ledger.storage.reporting import Reporting
+from ledger.storage.sessions import Sessions
 
 stderr = Console(stderr=True)
 
 
 @asynccontextmanager
-async def reporting(settings: Settings) -> AsyncIterator[Reporting]:
+async def reporting(settings: Settings) -> AsyncIterator[tuple[Reporting, Sessions]]:
     engine = create_engine(resolve_database_url(settings), pool_size=2)
     try:
-        yield Reporting(engine)
+        yield Reporting(engine), Sessions(engine)
     finally:
         await engine.dispose()
+
+
+async def one_session(sessions: Sessions, prefix: str | None) -> UUID | None:
+    """The session a (possibly shortened) id names, as the dashboard shows ids."""
+    if prefix is None:
+        return None
+    found = await sessions.starting_with(prefix)
+    if not found:
+        raise SetupError(f"no session id starts with {prefix!r}")
+    if len(found) > 1:
+        raise SetupError(f"{prefix!r} names more than one session: give more of its id")
+    return found[0]
 
 
 def progress_bar(what: str) -> Progress:
@@ -52,10 +66,11 @@ def progress_bar(what: str) -> Progress:
     )
 
 
-async def verify(settings: Settings, session_id: UUID | None) -> int:
+async def verify(settings: Settings, session: str | None) -> int:
     """Exit status: 0 when every chain is intact, 1 otherwise."""
     broken = sessions = events = 0
-    async with reporting(settings) as reports:
+    async with reporting(settings) as (reports, table):
+        session_id = await one_session(table, session)
         total = await reports.count_events(session_id)
         with progress_bar("verifying events") as bar:
             task = bar.add_task("verify", total=total)
@@ -83,12 +98,13 @@ async def export(
     fmt: ExportFormat,
     out: IO[bytes],
     *,
-    session_id: UUID | None,
+    session: str | None,
     after: int,
     start: datetime | None,
     end: datetime | None,
 ) -> int:
-    async with reporting(settings) as reports:
+    async with reporting(settings) as (reports, table):
+        session_id = await one_session(table, session)
         total = await reports.count_events(session_id)
         if session_id is not None:
             batches = reports.export_session(session_id, after)

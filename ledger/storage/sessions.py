@@ -11,7 +11,7 @@ from sqlalchemy import func, select, true
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.domain import Event
+from ledger.domain import Event, uuid_prefix_range
 from ledger.errors import Conflict, NotFound
 from ledger.storage.tables import EVENT_COLUMNS, care_assignments, event_from_row, events, sessions
 
@@ -57,15 +57,26 @@ class Sessions:
             raise NotFound(f"session {session_id} not found")
         return SessionRecord(id=row.id, patient_id=row.patient_id, created_at=row.created_at)
 
+    async def starting_with(self, prefix: str, *, limit: int = 2) -> list[UUID]:
+        """Ids of sessions that start with ``prefix`` (up to ``limit``: two tell "one" from
+        "ambiguous")."""
+        bounds = uuid_prefix_range(prefix)
+        if bounds is None:
+            return []
+        stmt = select(sessions.c.id).where(sessions.c.id.between(*bounds)).limit(limit)
+        async with self.engine.connect() as conn:
+            return [row.id for row in await conn.execute(stmt)]
+
     async def recent(
         self,
         limit: int,
         *,
         patient_id: str | None = None,
         therapist_id: str | None = None,
+        id_range: tuple[UUID, UUID] | None = None,
     ) -> list[tuple[SessionRecord, Event | None]]:
-        """The newest sessions (all, one patient's, or a therapist's patients') and their
-        latest events."""
+        """The newest sessions (all, one patient's, or a therapist's patients'; within an
+        id range, e.g. those starting with a prefix) and their latest events."""
         latest = (
             select(*EVENT_COLUMNS)
             .where(events.c.session_id == sessions.c.id)
@@ -84,6 +95,8 @@ class Sessions:
             .order_by(sessions.c.created_at.desc(), sessions.c.id)
             .limit(limit)
         )
+        if id_range is not None:
+            stmt = stmt.where(sessions.c.id.between(*id_range))
         if patient_id is not None:
             stmt = stmt.where(sessions.c.patient_id == patient_id)
         if therapist_id is not None:

@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy import Column, DateTime, Float, Integer, MetaData, SmallInteger, Table, Text
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
+from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.types import BigInteger, UserDefinedType
 
 from ledger.domain import EVENT_FIELDS, Event, EventType, Status

@@ -238,3 +238,26 @@ def test_health_and_readiness(server: LiveServer) -> None:
         assert ready.status_code == 200
         assert ready.json() == {"status": "ready", "database": True, "listener": True}
         assert "ledger_subscribers" in client.get("/metrics").text
+
+
+def test_sessions_are_found_by_the_start_of_their_id_within_the_callers_scope(
+    server: LiveServer,
+) -> None:
+    with server.client() as client:
+        mine = create_session(client, "prefix-patient")
+        other = create_session(client, "someone-else")
+
+        def found(prefix: str, role: str, sub: str = "someone") -> list[str]:
+            response = client.get(
+                "/api/sessions", params={"id_prefix": prefix}, headers=auth(role, sub)
+            )
+            assert response.status_code == 200
+            return [s["id"] for s in response.json()["sessions"]]
+
+        assert found(mine[:8], "admin") == [mine]
+        assert found(mine.upper(), "auditor") == [mine]  # a whole id, any case
+        assert found(mine[:8], "patient", "prefix-patient") == [mine]
+        assert found(other[:8], "patient", "prefix-patient") == []  # not theirs
+        for bad in ("xyz", "1" * 33, ""):
+            response = client.get("/api/sessions", params={"id_prefix": bad}, headers=auth("admin"))
+            assert response.status_code in (400, 422), bad

@@ -44,6 +44,7 @@ from ledger.api.schemas import (
     error_responses,
 )
 from ledger.auth import reader_scope, require_append
+from ledger.domain import uuid_prefix_range
 from ledger.errors import BadRequest, Conflict, Unprocessable
 from ledger.wire import status_body
 
@@ -78,9 +79,19 @@ async def list_sessions(
     runtime: RuntimeDep,
     principal: CurrentPrincipal,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    id_prefix: Annotated[
+        str | None,
+        Query(
+            pattern=r"^[0-9a-fA-F-]{1,36}$",
+            description="Only sessions whose id starts with these hex digits (as shown short).",
+        ),
+    ] = None,
 ) -> JSONResponse:
     """The newest sessions the caller may read, each with its current state."""
-    found = await runtime.sessions.recent(limit, **reader_scope(principal))
+    id_range = None if id_prefix is None else uuid_prefix_range(id_prefix)
+    if id_prefix is not None and id_range is None:
+        raise BadRequest("id_prefix must be up to 32 hex digits of a session id")
+    found = await runtime.sessions.recent(limit, **reader_scope(principal), id_range=id_range)
     return JSONResponse(
         {
             "sessions": [
