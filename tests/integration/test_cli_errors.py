@@ -125,8 +125,7 @@ def test_the_cli_finds_the_servers_key_from_anywhere_in_its_directory(
         cwd=project,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_for_http(
