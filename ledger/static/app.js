@@ -1,7 +1,8 @@
 // The ledger dashboard: sessions with live progress, a session's timeline, analytics.
 // No build step and nothing from the internet; live updates come from native EventSource
 // through ledger-client.js.
-import { ALL_EVENTS_PATH, LedgerStream, sessionPath } from "/static/ledger-client.js";
+import { barChart, duration, STAGES, stageTimeline } from "/static/charts.js";
+import { followAll, LedgerStream, sessionPath } from "/static/ledger-client.js";
 
 const TOKEN_KEY = "ledger.token";
 const main = document.getElementById("main");
@@ -60,45 +61,119 @@ function statusCell(state) {
   return el("span", { class: `status ${state.status ?? ""}` }, state.status ?? "waiting");
 }
 
+// -- connection state ---------------------------------------------------------------------
+
+// A dot and a word that tell the truth about the live updates: green only while every
+// stream the page follows is open; otherwise the list may be stale, and it says so.
+function liveIndicator() {
+  const dot = el("span", { class: "live", id: "live" });
+  const word = el("span", { class: "live-text muted", id: "live-text" }, "connecting…");
+  const open = new Map();
+  const show = () => {
+    const states = [...open.values()];
+    const live = states.length > 0 && states.every(Boolean);
+    dot.classList.toggle("on", live);
+    dot.classList.toggle("down", !live && states.length > 0);
+    word.textContent = states.length === 0 ? "" : live ? "live" : "reconnecting… the list may be stale";
+  };
+  return {
+    nodes: [dot, word],
+    handlers(key) {
+      open.set(key, false);
+      return {
+        onOpen: () => { open.set(key, true); show(); },
+        onConnectionError: () => { open.set(key, false); show(); },
+        onComplete: () => { open.delete(key); show(); },
+        onFailed: () => { open.delete(key); show(); },
+      };
+    },
+    show,
+  };
+}
+
+function copyButton(text) {
+  const button = el("button", { class: "copy", type: "button", title: `copy ${text}` }, "copy");
+  button.setAttribute("data-copy", text);
+  button.addEventListener("click", async () => {
+    await navigator.clipboard.writeText(text);
+    button.textContent = "copied";
+    setTimeout(() => { button.textContent = "copy"; }, 1500);
+  });
+  return button;
+}
+
 // -- sessions ---------------------------------------------------------------------------
 
 async function sessionsView() {
-  const { sessions } = await api("/api/sessions?limit=50");
   const rows = new Map();
+  const byId = new Map();
   const body = el("tbody");
   const render = (session) => {
     const state = session.state;
     const row = el("tr", { "data-session": session.id },
-      el("td", {}, el("a", { href: `#/session/${session.id}` }, session.id.slice(0, 8))),
+      el("td", {}, el("a", { href: `#/session/${session.id}`, title: session.id }, session.id.slice(0, 8)),
+        " ", copyButton(session.id)),
       el("td", {}, session.patient_id),
       el("td", {}, statusCell(state)),
       el("td", {}, el("progress", { max: 100, value: state.progress ?? 0 }), ` ${state.progress ?? 0}%`),
       el("td", { class: "muted" }, state.message ?? state.error ?? ""),
       el("td", { class: "muted" }, time(state.recorded_at ?? session.created_at)));
     const old = rows.get(session.id);
-    if (old) old.replaceWith(row); else body.append(row);
+    if (old) old.replaceWith(row); else body.prepend(row);
     rows.set(session.id, row);
   };
-  const byId = new Map(sessions.map((s) => [s.id, s]));
-  sessions.forEach(render);
-  const live = el("span", { class: "live" });
-  main.replaceChildren(el("section", { class: "card" },
-    el("h1", {}, live, "Sessions"),
+  const live = liveIndicator();
+  const card = el("section", { class: "card" },
+    el("h1", {}, "Sessions ", ...live.nodes),
     el("table", {}, el("thead", {}, el("tr", {},
-      ...["session", "patient", "status", "progress", "message", "updated"].map((h) => el("th", {}, h)))), body)));
-  const update = (event) => {
+      ...["session", "patient", "status", "progress", "message", "updated"].map((h) => el("th", {}, h)))), body));
+
+  // An event newer than what the row shows moves it; an event of a session the list does
+  // not know yet waits for the list to be read again (the stream goes on meanwhile).
+  let loaded = false;
+  const waiting = [];
+  const apply = (event) => {
     const session = byId.get(event.session_id);
-    if (!session) { route(); return; }  // a new session: fetch the list again
-    session.state = event;
-    render(session);
+    if (!session) return false;
+    if ((session.state.version ?? 0) < event.version) {
+      session.state = event;
+      render(session);
+    }
+    return true;
+  };
+  let reading = null;
+  const load = async () => {
+    const { sessions } = await api("/api/sessions?limit=50");
+    for (const session of [...sessions].reverse()) {
+      const known = byId.get(session.id);
+      if (!known) { byId.set(session.id, session); render(session); }
+      else if ((known.state.version ?? 0) < (session.state.version ?? 0)) { known.state = session.state; render(known); }
+    }
+    loaded = true;
+    for (const event of waiting.splice(0)) apply(event);
+    return sessions;
+  };
+  const update = (event) => {
+    if (!loaded || !apply(event)) {
+      waiting.push(event);
+      if (loaded && !reading) reading = load().finally(() => { reading = null; });
+    }
   };
   const role = claims()?.role;
   if (role === "admin" || role === "auditor") {
-    follow(ALL_EVENTS_PATH, { onEvent: update, onOpen: () => live.classList.add("on") });
+    // Opened before the list is read, so nothing that happens in between is missed.
+    const { onOpen, onConnectionError } = live.handlers("all");  // it never ends by itself
+    const stream = followAll({ tokenProvider: token, onEvent: update, onOpen, onConnectionError });
+    streams.add(stream);
+    await load();
+    main.replaceChildren(card);
   } else {
+    const sessions = await load();
+    main.replaceChildren(card);
     for (const session of sessions.filter((s) => !["complete", "error"].includes(s.state.type)).slice(0, 5)) {
-      follow(sessionPath(session.id), { onEvent: update, onOpen: () => live.classList.add("on") });
+      follow(sessionPath(session.id), { onEvent: update, ...live.handlers(session.id) });
     }
+    live.show();
   }
 }
 
@@ -108,18 +183,24 @@ async function sessionView(id) {
   const bar = el("progress", { max: 100, value: 0, id: "session-progress" });
   const status = el("span", { class: "status", id: "session-status" }, "waiting");
   const chain = el("span", { class: "chain muted", id: "chain" });
-  const live = el("span", { class: "live", id: "live" });
+  const live = liveIndicator();
   const rows = el("tbody", { id: "timeline" });
+  const picture = el("div", { id: "stage-chart" });
+  const events = [];
   main.replaceChildren(
     el("section", { class: "card" },
-      el("h1", {}, live, `Session ${id}`),
+      el("h1", {}, `Session ${id} `, copyButton(id), " ", ...live.nodes),
       el("p", {}, status, " ", bar, " ", chain)),
+    el("section", { class: "card" }, el("h2", {}, "Stages"), picture),
     el("section", { class: "card" },
       el("h2", {}, "Timeline"),
       el("table", {}, el("thead", {}, el("tr", {},
         ...["#", "when", "who", "status", "progress", "message"].map((h) => el("th", {}, h)))), rows)));
+  const draw = () => picture.replaceChildren(events.length
+    ? stageTimeline(events) : el("p", { class: "muted" }, "No events yet."));
   const show = (event) => {
     window.ledgerDashboard.received.push(event.version);
+    events.push(event);
     status.textContent = event.status;
     status.className = `status ${event.status}`;
     bar.value = event.progress;
@@ -130,17 +211,20 @@ async function sessionView(id) {
       el("td", {}, statusCell(event)),
       el("td", {}, `${event.progress}%`),
       el("td", { class: event.error ? "error" : "muted" }, event.error ?? event.message ?? "")));
+    draw();
   };
+  const handlers = live.handlers(id);
   const stream = follow(sessionPath(id), {
     lastEventId: 0,
     onEvent: show,
-    onOpen: () => live.classList.add("on"),
-    onConnectionError: () => live.classList.remove("on"),
-    onReset: () => { rows.replaceChildren(); window.ledgerDashboard.received = []; },
-    onComplete: () => { live.classList.remove("on"); checkChain(id, chain); },
-    onFailed: () => { live.classList.remove("on"); checkChain(id, chain); },
+    onOpen: handlers.onOpen,
+    onConnectionError: handlers.onConnectionError,
+    onReset: () => { rows.replaceChildren(); events.length = 0; window.ledgerDashboard.received = []; draw(); },
+    onComplete: () => { handlers.onComplete(); checkChain(id, chain); },
+    onFailed: () => { handlers.onFailed(); checkChain(id, chain); },
   });
   window.ledgerDashboard.session = stream;
+  draw();
   checkChain(id, chain);
 }
 
@@ -156,51 +240,48 @@ async function checkChain(id, node) {
 
 // -- analytics --------------------------------------------------------------------------
 
-function bars(items, { label, value, unit, width = 460 }) {
-  const max = Math.max(1, ...items.map(value));
-  const row = 22;
-  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("width", width);
-  svg.setAttribute("height", Math.max(row * items.length, row));
-  items.forEach((item, i) => {
-    const y = i * row;
-    const length = Math.round((width - 200) * value(item) / max);
-    svg.insertAdjacentHTML("beforeend",
-      `<text x="0" y="${y + 15}"></text><rect x="110" y="${y + 4}" width="${length}" height="14" fill="#2f6fde"></rect>` +
-      `<text x="${116 + length}" y="${y + 15}"></text>`);
-    const texts = svg.querySelectorAll("text");
-    texts[texts.length - 2].textContent = label(item);
-    texts[texts.length - 1].textContent = `${Math.round(value(item) * 10) / 10}${unit}`;
-  });
-  return svg;
-}
-
 async function analyticsView() {
   const to = new Date();
   const from = new Date(to.getTime() - 24 * 3600 * 1000);
   const range = `from=${encodeURIComponent(from.toISOString())}&to=${encodeURIComponent(to.toISOString())}`;
-  const [summary, stages, throughput] = await Promise.all([
+  const [summary, stages, throughput, completion] = await Promise.all([
     api(`/api/analytics/summary?${range}`),
     api(`/api/analytics/stages?${range}`),
     api(`/api/analytics/throughput?${range}&bucket=hour`),
+    api(`/api/analytics/completion-times?${range}&bins=10`),
   ]);
   const p = summary.time_to_completion_seconds;
+  const rate = summary.failure_rate === null ? "—" : `${Math.round(summary.failure_rate * 100)}%`;
+  const hour = (b) => new Date(b.start).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  const inOrder = [...stages.stages].sort((a, b) => STAGES.indexOf(a.status) - STAGES.indexOf(b.status));
+  const reasons = summary.top_failure_reasons;
   main.replaceChildren(
-    el("section", { class: "card" },
+    el("section", { class: "card", id: "summary" },
       el("h1", {}, "Last 24 hours"),
       el("p", {}, `${summary.sessions_started} started · ${summary.sessions_completed} processed · ` +
-        `${summary.sessions_failed} failed · failure rate ` +
-        (summary.failure_rate === null ? "—" : `${Math.round(summary.failure_rate * 100)}%`) +
-        ` · time to completion p50 ${p.p50 ?? "—"} s, p95 ${p.p95 ?? "—"} s`)),
+        `${summary.sessions_failed} failed · failure rate ${rate} · time to completion ` +
+        `p50 ${duration(p.p50)}, p95 ${duration(p.p95)}, p99 ${duration(p.p99)}`)),
+    el("section", { class: "card", id: "throughput-chart" }, el("h2", {}, "Sessions ended per hour"),
+      el("p", { class: "legend" }, el("span", { class: "swatch processed" }), " processed ",
+        el("span", { class: "swatch failed" }), " failed"),
+      barChart(throughput.buckets.map((b) => ({ label: hour(b), values: [b.completed, b.failed] })),
+        { series: [{ name: "processed", class: "processed" }, { name: "failed", class: "failed" }],
+          width: 1000, height: 220, yLabel: "sessions per hour (UTC hours, shown in local time)" })),
     el("div", { class: "grid" },
+      el("section", { class: "card", id: "completion-chart" }, el("h2", {}, "Time to completion"),
+        completion.bins.length
+          ? barChart(completion.bins.map((b) => ({ label: duration(b.from_seconds), values: [b.sessions] })),
+            { series: [{ name: "sessions", class: "processed" }], yLabel: "sessions, by time from first event to processed" })
+          : el("p", { class: "muted" }, "No session was processed in this range.")),
       el("section", { class: "card", id: "stages-chart" }, el("h2", {}, "Mean time per stage"),
-        bars(stages.stages, { label: (s) => s.status, value: (s) => s.mean_seconds, unit: " s" })),
-      el("section", { class: "card", id: "throughput-chart" }, el("h2", {}, "Completions per hour"),
-        bars(throughput.buckets.slice(-12), {
-          label: (b) => new Date(b.start).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }),
-          value: (b) => b.completed, unit: "" }))),
-    el("section", { class: "card" }, el("h2", {}, "Top failure reasons"),
-      el("ul", {}, ...summary.top_failure_reasons.map((r) => el("li", {}, `${r.reason}: ${r.count}`)))));
+        inOrder.length
+          ? barChart(inOrder.map((s) => ({ label: s.status, values: [Math.round(s.mean_seconds * 10) / 10] })),
+            { series: [{ name: "s mean", class: "stage" }], yLabel: "seconds, in pipeline order" })
+          : el("p", { class: "muted" }, "No stage was left in this range."))),
+    el("section", { class: "card", id: "failure-reasons" }, el("h2", {}, "Top failure reasons"),
+      reasons.length
+        ? el("ul", {}, ...reasons.map((r) => el("li", {}, `${r.reason}: ${r.count}`)))
+        : el("p", { class: "muted" }, "No session failed in this range.")));
 }
 
 // -- routing ----------------------------------------------------------------------------

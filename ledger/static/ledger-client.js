@@ -10,12 +10,15 @@
 //     onComplete(event) {},        // processed: the stream is closed
 //     onFailed(event) {},          // failed (a server-sent `error` event WITH data): closed
 //     onConnectionError() {},      // the network hiccuped (no data); EventSource retries
+//     keepOpen: false,             // true for a stream of many sessions: one session's
+//                                  // end is not the stream's (followAll sets it)
 //   });
 //   stream.lastEventId; stream.close();
 //
 // A server-sent `error` event is a failed job and carries the event as data; the browser's
 // own `error` event (a lost connection) carries none. They share a name on EventSource, so
-// this module tells them apart. After `complete` or `error` the stream is closed for good.
+// this module tells them apart. After `complete` or `error` a session's stream is closed for
+// good; a stream of many sessions (keepOpen) reports them and goes on.
 // When the browser gives up (the token expired: 401 closes EventSource), a tokenProvider
 // lets the stream reopen with a fresh token from the last event it saw.
 
@@ -65,21 +68,19 @@ export class LedgerStream {
       return event;
     };
     source.addEventListener("progress", deliver);
-    source.addEventListener("complete", (message) => {
+    const end = (message, handler) => {
       const event = deliver(message);
-      this.close();
-      if (event) call("onComplete", event);
-    });
+      if (!this.options.keepOpen) this.close();
+      if (event) call(handler, event);
+    };
+    source.addEventListener("complete", (message) => end(message, "onComplete"));
     source.addEventListener("reset", (message) => {
       this.lastEventId = Number(message.lastEventId);
       call("onReset", JSON.parse(message.data));
     });
     source.addEventListener("error", (message) => {
       if (message.data) {
-        // A failed job: the server sent the event.
-        const event = deliver(message);
-        this.close();
-        if (event) call("onFailed", event);
+        end(message, "onFailed");  // a failed job: the server sent the event
         return;
       }
       call("onConnectionError");
@@ -96,3 +97,8 @@ export function sessionPath(sessionId) {
 }
 
 export const ALL_EVENTS_PATH = "/api/events/stream";
+
+// Every session the caller may read (admins and auditors), on one stream that stays open.
+export function followAll(options = {}) {
+  return new LedgerStream(ALL_EVENTS_PATH, { ...options, keepOpen: true });
+}

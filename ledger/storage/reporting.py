@@ -93,17 +93,15 @@ class Reporting:
             await conn.execute(text(f"SET LOCAL work_mem = '{ANALYTICS_WORK_MEM}'"))
             yield conn
 
-    async def summary(self, start: datetime, end: datetime) -> Summary:
-        """Sessions started, and outcomes reached, in ``[start, end)``.
-
-        A session starts with its first event; it completes or fails with its terminal
-        event; time to completion runs from the first event to ``processed``.
-        """
+    @staticmethod
+    def _outcomes(start: datetime, end: datetime) -> Any:
+        """Each terminal event in ``[start, end)``: its type, reason, and seconds since the
+        session's first event."""
         first = events.alias("first_event")
         terminal = events.alias("terminal")
         in_range = and_(terminal.c.recorded_at >= start, terminal.c.recorded_at < end)
         seconds = func.extract("epoch", terminal.c.recorded_at - first.c.recorded_at)
-        outcomes = (
+        return (
             select(
                 terminal.c.type,
                 func.coalesce(terminal.c.error, terminal.c.message, "unknown").label("reason"),
@@ -117,6 +115,14 @@ class Reporting:
             .where(terminal.c.type.in_(("complete", "error")), in_range)
             .subquery()
         )
+
+    async def summary(self, start: datetime, end: datetime) -> Summary:
+        """Sessions started, and outcomes reached, in ``[start, end)``.
+
+        A session starts with its first event; it completes or fails with its terminal
+        event; time to completion runs from the first event to ``processed``.
+        """
+        outcomes = self._outcomes(start, end)
         started = (
             select(func.count())
             .where(events.c.version == 1, events.c.recorded_at >= start, events.c.recorded_at < end)
@@ -158,6 +164,29 @@ class Reporting:
             p99_seconds=row.p99,
             top_failure_reasons=top,
         )
+
+    async def completion_times(
+        self, start: datetime, end: datetime, bins: int
+    ) -> list[tuple[float, float, int]]:
+        """How many sessions completed in ``[start, end)`` took how long: ``bins`` equal
+        ranges of seconds ``(from, to, sessions)`` from the fastest to the slowest (the same
+        durations as the summary's percentiles); none when nothing completed."""
+        outcomes = self._outcomes(start, end)
+        seconds = outcomes.c.seconds
+        completed = select(seconds).where(outcomes.c.type == "complete").subquery()
+        bounds = select(func.min(completed.c.seconds), func.max(completed.c.seconds))
+        async with self._analytics() as conn:
+            low, high = (await conn.execute(bounds)).one()
+            if low is None:
+                return []
+            low, high = float(low), float(high)
+            width = (high - low) / bins or 1.0
+            bucket = func.least(func.floor((completed.c.seconds - low) / width), bins - 1).label(
+                "bucket"
+            )
+            stmt = select(bucket, func.count()).group_by(bucket)
+            counts = {int(row[0]): int(row[1]) for row in await conn.execute(stmt)}
+        return [(low + i * width, low + (i + 1) * width, counts.get(i, 0)) for i in range(bins)]
 
     async def stages(self, start: datetime, end: datetime) -> list[StageFigures]:
         """Time per status visit entered in ``[start, end)`` and since left (the view).

@@ -165,6 +165,27 @@ def test_summary_exact_figures(analytics: Callable[..., dict[str, Any]]) -> None
     ]
 
 
+def test_completion_times_are_the_distribution_of_the_summarys_durations(
+    analytics: Callable[..., dict[str, Any]],
+) -> None:
+    # Completed in the day: 100 s and 200 s (the failed and running ones are not counted).
+    body = analytics("completion-times", BASE, BASE + DAY, bins="4")
+    assert [(b["from_seconds"], b["to_seconds"], b["sessions"]) for b in body["bins"]] == [
+        (100.0, 125.0, 1),
+        (125.0, 150.0, 0),
+        (150.0, 175.0, 0),
+        (175.0, 200.0, 1),
+    ]
+    # Widened to the day before: 500 s joins; the counts add up to the summary's.
+    wider = analytics("completion-times", BASE - DAY, BASE + DAY, bins="2")
+    assert [b["sessions"] for b in wider["bins"]] == [2, 1]
+    summary = analytics("summary", BASE - DAY, BASE + DAY)
+    assert sum(b["sessions"] for b in wider["bins"]) == summary["sessions_completed"]
+    # Nothing completed: no bins.
+    empty = analytics("completion-times", BASE - 2 * DAY, BASE - DAY - timedelta(hours=1))
+    assert empty["bins"] == []
+
+
 def test_summary_edges(analytics: Callable[..., dict[str, Any]]) -> None:
     empty = analytics("summary", BASE + 10 * DAY, BASE + 11 * DAY)
     assert empty["sessions_started"] == empty["sessions_completed"] == empty["sessions_failed"] == 0

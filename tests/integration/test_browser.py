@@ -134,3 +134,135 @@ def test_a_bad_token_is_refused_at_sign_in(browser: Any, server: LiveServer) -> 
     page.fill("#token", "not-a-token")
     page.click("#sign-in-form button")
     page.wait_for_selector("text=That token is not accepted.")
+
+
+def test_the_list_follows_sessions_to_their_ends_and_says_when_it_is_stale(
+    browser: Any,
+    server_factory: Callable[..., LiveServer],
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    """Several sessions end, some failing: the list keeps following all of them (one
+    session's end is not the stream's), a session registered after the page opened shows
+    its first event, the live indicator goes out while the server is down and comes back
+    with it, and the full id can be copied."""
+    live = server_factory()
+    with live.client() as client:
+        early = [create_session(client, patient_id=f"list-{i}") for i in range(3)]
+        for session_id in early:
+            append(client, session_id, {"status": "transcribing", "progress": 45})
+    context = browser.new_context()
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live.base_url)
+    page = context.new_page()
+    page.goto(live.base_url + "/")
+    page.fill("#token", token("admin", "e2e"))
+    page.click("#sign-in-form button")
+    page.wait_for_selector("#live.on")
+    assert page.locator("#live-text").inner_text() == "live"
+
+    def row_status(session_id: str) -> str:
+        text: str = page.locator(f"tr[data-session='{session_id}'] .status").inner_text()
+        return text
+
+    with live.client() as client:
+        append(client, early[0], {"status": "processed"})
+        append(client, early[1], {"status": "failed", "error": "codec"})
+        late = create_session(client, patient_id="list-late")
+        append(client, late, {"status": "uploaded", "progress": 1})
+        append(client, early[2], {"status": "diarizing", "progress": 60})
+    page.wait_for_selector(f"tr[data-session='{late}'] >> text=uploaded")
+    page.wait_for_selector(f"tr[data-session='{early[2]}'] >> text=diarizing")
+    assert row_status(early[0]) == "processed"
+    assert row_status(early[1]) == "failed"
+    with live.client() as client:
+        append(client, early[2], {"status": "failed", "error": "GPU lost"})
+        append(client, late, {"status": "processed"})
+    page.wait_for_selector(f"tr[data-session='{late}'] >> text=processed")
+    page.wait_for_selector(f"tr[data-session='{early[2]}'] >> text=failed")
+    assert page.locator("#live.on").count() == 1  # still following after four ends
+
+    page.locator(f"tr[data-session='{late}'] button.copy").click()
+    assert page.evaluate("navigator.clipboard.readText()") == late
+
+    # The server goes away: the indicator must not claim the list is live.
+    live.kill()
+    page.wait_for_selector("#live.down")
+    assert "stale" in page.locator("#live-text").inner_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-list-stale.png"), full_page=True)
+    again = LiveServer(database_url, tmp_path / "again", port=live.port).start()
+    try:
+        with again.client() as client:
+            after = create_session(client, patient_id="list-after")
+            append(client, after, {"status": "queued", "progress": 2})
+        page.wait_for_selector("#live.on", timeout=30_000)
+        page.wait_for_selector(f"tr[data-session='{after}'] >> text=queued", timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-list.png"), full_page=True)
+    finally:
+        again.stop()
+        context.close()
+
+
+def test_a_sessions_stages_are_drawn_to_scale_with_retries_and_the_failure(
+    browser: Any, server: LiveServer
+) -> None:
+    with server.client() as client:
+        session_id = create_session(client, patient_id="stages-patient")
+        for step in (
+            {"status": "uploaded"},
+            {"status": "transcribing", "progress": 10},
+            {"status": "queued", "progress": 10, "message": "retrying"},
+            {"status": "transcribing", "progress": 30},
+            {"status": "diarizing", "progress": 60},
+            {"status": "failed", "error": "GPU lost"},
+        ):
+            append(client, session_id, step)
+            time.sleep(0.05)  # visible spans
+    page = signed_in_page(browser, server.base_url, role="auditor")
+    page.goto(f"{server.base_url}/#/session/{session_id}")
+    page.wait_for_selector("#timeline-end.failed", state="attached")
+    bars = page.locator("#stage-chart rect.bar")
+    statuses = [bars.nth(i).get_attribute("data-status") for i in range(bars.count())]
+    assert sorted(statuses) == sorted(
+        ["uploaded", "transcribing", "queued", "transcribing", "diarizing"]
+    )
+    assert page.locator("#stage-chart rect.bar.retry").count() == 1  # transcribing's second visit
+    labels = page.locator("#stage-chart text.label").all_text_contents()
+    assert labels == ["uploaded", "queued", "transcribing", "diarizing"]  # pipeline order
+    assert "failed: GPU lost" in (page.locator("#stage-chart").text_content() or "")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#stage-chart").screenshot(path=str(ARTIFACTS / "dashboard-stages.png"))
+
+
+def test_analytics_draws_throughput_and_the_distribution_of_completion_times(
+    browser: Any, server: LiveServer
+) -> None:
+    with server.client() as client:
+        for i in range(4):
+            session_id = create_session(client, patient_id=f"chart-{i}")
+            append(client, session_id, {"status": "transcribing", "progress": 20})
+            time.sleep(0.02 * i)
+            end = {"status": "processed"} if i < 3 else {"status": "failed", "error": "codec"}
+            append(client, session_id, end)
+    page = signed_in_page(browser, server.base_url, role="admin")
+    page.goto(f"{server.base_url}/#/analytics")
+    page.wait_for_selector("#completion-chart svg rect.bar")
+    # 24 hours of hourly buckets (25 when the range does not start on the hour).
+    labels = page.locator("#throughput-chart svg rect.bar").count()
+    assert labels >= 1
+    hours = page.evaluate(
+        "fetch('/api/analytics/throughput?bucket=hour&from=' + encodeURIComponent("
+        "new Date(Date.now() - 864e5).toISOString()), {headers: {Authorization: "
+        "'Bearer ' + sessionStorage.getItem('ledger.token')}}).then(r => r.json())"
+        ".then(b => b.buckets.length)"
+    )
+    assert hours in (24, 25)
+    assert page.locator("#throughput-chart svg rect.bar.failed").count() >= 1
+    summary = page.locator("#summary").inner_text()
+    assert "p50" in summary
+    assert not any(len(part) > 6 for part in summary.replace(",", " ").split() if "." in part)
+    stage_labels = page.locator("#stages-chart svg text.tick").all_text_contents()
+    assert "transcribing" in stage_labels
+    page.wait_for_selector("#failure-reasons >> text=codec")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-analytics.png"), full_page=True)

@@ -41,6 +41,17 @@ class StageOut(BaseModel):
     p95_seconds: float
 
 
+class CompletionBinOut(BaseModel):
+    from_seconds: float
+    to_seconds: float
+    sessions: int
+
+
+class CompletionTimesOut(BaseModel):
+    range: dict[str, str]
+    bins: list[CompletionBinOut]
+
+
 class StagesOut(BaseModel):
     range: dict[str, str]
     stages: list[StageOut]
@@ -82,6 +93,26 @@ async def summary(runtime: RuntimeDep, principal: CurrentPrincipal, window: Rang
         top_failure_reasons=[
             FailureReason(reason=reason, count=count)
             for reason, count in figures.top_failure_reasons
+        ],
+    )
+
+
+@router.get("/completion-times", response_model=CompletionTimesOut, responses=ERRORS)
+async def completion_times(
+    runtime: RuntimeDep,
+    principal: CurrentPrincipal,
+    window: RangeDep,
+    bins: Annotated[int, Query(ge=1, le=100, description="How many equal ranges.")] = 12,
+) -> CompletionTimesOut:
+    """The distribution of time to completion (first event to ``processed``) of the
+    sessions completed in ``[from, to)``: equal ranges of seconds, fastest first."""
+    require_read_all(principal)
+    found = await runtime.reporting.completion_times(window.start, window.end, bins)
+    return CompletionTimesOut(
+        range=_range(window),
+        bins=[
+            CompletionBinOut(from_seconds=low, to_seconds=high, sessions=count)
+            for low, high, count in found
         ],
     )
 

@@ -1,0 +1,242 @@
+"""The README's snippets, run as a user pastes them, with only their placeholders filled in.
+
+A server runs where the README says it does (127.0.0.1:8000, as `make run` serves), with a
+data directory that the snippets' `ledger token` finds too, as in a checkout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import io
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ledger.testing import ServerProcess, free_port
+from tests.integration.test_browser import CHROMIUM, FLAGS
+
+REPO = Path(__file__).resolve().parents[2]
+README = (REPO / "README.md").read_text()
+PORT = 8000  # where the README's snippets look for the server
+BASE = f"http://127.0.0.1:{PORT}"
+
+
+@dataclass(frozen=True)
+class Block:
+    heading: str
+    lang: str
+    text: str
+
+
+def blocks() -> list[Block]:
+    """Every fenced code block with the heading it stands under."""
+    found: list[Block] = []
+    heading = ""
+    lines = iter(README.splitlines())
+    for line in lines:
+        if line.startswith("#") and not line.startswith("#!"):
+            heading = line.lstrip("#").strip()
+        elif line.startswith("```"):
+            body: list[str] = []
+            for inner in lines:
+                if inner.startswith("```"):
+                    break
+                body.append(inner)
+            found.append(Block(heading, line[3:].strip(), "\n".join(body) + "\n"))
+    return found
+
+
+def block(heading: str, lang: str, nth: int = 0) -> str:
+    matching = [b.text for b in blocks() if b.heading == heading and b.lang == lang]
+    assert len(matching) > nth, f"no {lang} block under {heading!r}"
+    return matching[nth]
+
+
+@dataclass
+class Readme:
+    server: ServerProcess
+    env: dict[str, str]
+    page_port: int
+
+
+@pytest.fixture(scope="module")
+def readme(module_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Readme]:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            probe.bind(("127.0.0.1", PORT))
+        except OSError:
+            pytest.fail(f"port {PORT} is taken (is `make run` serving?): the README uses it")
+    data_dir = tmp_path_factory.mktemp("readme") / ".ledger"
+    page_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    env["LEDGER_DATA_DIR"] = str(data_dir)
+    server = ServerProcess(
+        module_database_url,
+        data_dir,
+        port=PORT,
+        env={"LEDGER_CORS_ORIGINS": f"http://127.0.0.1:{page_port}"},
+    ).start()
+    try:
+        yield Readme(server, env, page_port)
+    finally:
+        server.stop()
+
+
+def minted(readme: Readme, role: str, sub: str) -> str:
+    """A token as the README mints one (`ledger token`, the server's key)."""
+    done = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "ledger"), "token", "--role", role, "--sub", sub],
+        env=readme.env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def client(readme: Readme, role: str = "service") -> httpx.Client:
+    return httpx.Client(
+        base_url=BASE, headers={"Authorization": f"Bearer {minted(readme, role, 'readme')}"}
+    )
+
+
+def create_session(api: httpx.Client, patient_id: str) -> str:
+    response = api.post("/api/sessions", json={"patient_id": patient_id})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def append(api: httpx.Client, session_id: str, body: object) -> None:
+    response = api.post(f"/api/sessions/{session_id}/events", json=body)
+    assert response.status_code == 201, response.text
+
+
+def test_the_tour_works_as_pasted(readme: Readme) -> None:
+    tour = block("A 60-second tour", "sh")
+    # As in a terminal: the background stream prints until it closes after `processed`.
+    done = subprocess.run(
+        ["bash", "-c", tour + "wait\n"],
+        env=readme.env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert '"status":"processed"' in out  # the status answer
+    assert '"next_after":null' in out  # the history page
+    assert "retry: 2000" in out
+    assert "event: complete" in out
+    # The README's picture of the stream has the lines the stream really sends.
+    sample = block("A 60-second tour", "")
+    for line in sample.splitlines():
+        if line:
+            assert line.split(": ", 1)[0] + ": " in out, line
+
+
+def test_the_browser_snippet_works_as_pasted(readme: Readme) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with client(readme) as api:
+        session_id = create_session(api, "readme-browser")
+    page_html = (
+        block("In a browser", "html")
+        .replace("…session id…", session_id)
+        .replace("…a reader's token…", minted(readme, "admin", "readme"))
+    )
+    folder = Path(readme.server.data_dir) / "page"
+    folder.mkdir(exist_ok=True)
+    (folder / "index.html").write_text(f"<!doctype html><meta charset=utf-8>{page_html}")
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    pages = http.server.ThreadingHTTPServer(("127.0.0.1", readme.page_port), handler)
+    threading.Thread(target=pages.serve_forever, daemon=True).start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{readme.page_port}/index.html")
+            with client(readme) as api:
+                append(api, session_id, {"status": "transcribing", "progress": 40})
+                page.wait_for_function("document.getElementById('bar').value === 40")
+                append(api, session_id, {"status": "processed"})
+            page.wait_for_function("document.getElementById('status').textContent === 'processed'")
+            assert page.evaluate("document.getElementById('bar').value") == 100
+            browser.close()
+    finally:
+        pages.shutdown()
+        pages.server_close()
+
+
+def test_the_httpx_sse_snippet_works_as_pasted(readme: Readme) -> None:
+    with client(readme) as api:
+        session = create_session(api, "readme-httpx")
+        append(api, session, [{"status": "transcribing", "progress": 40}])
+        append(api, session, {"status": "processed"})
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(  # the README's lines, as written
+            block("In Python (httpx-sse)", "python"),
+            {"token": minted(readme, "auditor", "readme"), "session": session},
+        )
+    assert printed.getvalue().splitlines() == ["complete processed 100"]
+
+
+def test_the_javascript_client_snippet_works_as_pasted(readme: Readme) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with client(readme) as api:
+        session_id = create_session(api, "readme-js")
+        append(api, session_id, {"status": "uploaded"})
+    snippet = block("The dashboard and the clients", "html")
+    script = snippet.split(">", 1)[1].rsplit("</script>", 1)[0]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        logged: list[str] = []
+        page.on("console", lambda message: message.type == "log" and logged.append(message.text))
+        page.goto(f"{BASE}/healthz")  # a page of the ledger's own origin
+        page.evaluate(
+            "([id, value]) => { window.sessionId = id; sessionStorage.setItem('token', value); }",
+            [session_id, minted(readme, "admin", "readme")],
+        )
+        page.add_script_tag(content=script, type="module")
+        with client(readme) as api:
+            deadline = time.monotonic() + 10
+            while "1 uploaded 0" not in logged and time.monotonic() < deadline:
+                page.wait_for_timeout(50)  # lets the page's messages arrive
+            append(api, session_id, {"status": "processed"})
+        deadline = time.monotonic() + 10
+        while "processed" not in logged and time.monotonic() < deadline:
+            page.wait_for_timeout(50)
+        browser.close()
+    assert logged == ["1 uploaded 0", "2 processed 100", "processed"]
+
+
+def test_the_python_client_snippet_works_as_pasted(readme: Readme) -> None:
+    printed = io.StringIO()
+    names: dict[str, Any] = {
+        "service_token": minted(readme, "service", "pipeline-7"),
+        "reader_token": minted(readme, "auditor", "readme"),
+    }
+    with contextlib.redirect_stdout(printed):
+        exec(block("The dashboard and the clients", "python"), names)
+    assert printed.getvalue().splitlines() == [
+        "1 uploaded 0",
+        "2 transcribing 40",
+        "3 analyzing 90",
+        "4 processed 100",
+    ]
