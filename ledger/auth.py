@@ -66,8 +66,8 @@ def _dev_secret(data_dir: Path, *, create: bool) -> str:
         return path.read_text().strip()
     if not create:
         raise SetupError(
-            f"no development secret at {path}: start the server first (it creates one), run "
-            "this where the server runs (the nearest .ledger/ upward is used), or set "
+            f"no development secret at {path.resolve()}: start the server first (it creates "
+            "one), run this where the server runs (the nearest .ledger/ upward is used), or set "
             "LEDGER_DATA_DIR or LEDGER_JWT_SECRET as the server has them"
         )
     data_dir.mkdir(parents=True, exist_ok=True)

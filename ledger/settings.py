@@ -19,16 +19,18 @@ SECRET_FIELDS = frozenset(
 )
 
 
-def find_data_dir(start: Path | None = None) -> Path:
-    """The data directory when ``LEDGER_DATA_DIR`` is unset: the nearest ``.ledger/`` in
-    the working directory or one of its parents (as git finds ``.git``), so the CLI run
-    from a subdirectory of a checkout uses the server's key; ``./.ledger`` if there is
-    none. The one place this is decided."""
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
+def find_data_dir() -> Path:
+    """The data directory when ``LEDGER_DATA_DIR`` is unset: the working directory's
+    ``.ledger/``, else the nearest one in a parent (as git finds ``.git``), so the CLI run
+    from a subdirectory of a checkout uses the server's key; else ``./.ledger`` (the server
+    creates it). The one place this is decided."""
+    here = Path.cwd()
+    if (here / DATA_DIR_NAME).is_dir():
+        return Path(DATA_DIR_NAME)
+    for folder in here.resolve().parents:
         if (folder / DATA_DIR_NAME).is_dir():
             return folder / DATA_DIR_NAME
-    return here / DATA_DIR_NAME
+    return Path(DATA_DIR_NAME)
 
 
 JwtAlgorithm = Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import psycopg
@@ -34,10 +35,14 @@ def start_embedded(data_dir: Path) -> str:
     pgserver stops the server when the last process that asked for it exits, and keeps the
     data directory, so a restart finds the same ledger.
     """
-    import pgserver
-
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir.resolve() / "pgdata", cleanup_mode="stop")
+    with warnings.catch_warnings():
+        # platformdirs (inside pgserver) warns on every start where XDG_RUNTIME_DIR is
+        # unset, which is most servers and containers; its fallback is fine.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        import pgserver
+
+        server = pgserver.get_server(data_dir.resolve() / "pgdata", cleanup_mode="stop")
     with psycopg.connect(server.get_uri("postgres"), autocommit=True) as conn:
         found = conn.execute(
             "SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DATABASE,)

@@ -6,9 +6,12 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jwt
+import pytest
 
+from ledger.settings import find_data_dir
 from tests.support import JWT_SECRET
 
 
@@ -47,3 +50,16 @@ def test_token_refuses_unknown_roles() -> None:
     )
     assert out.returncode == 2
     assert "invalid choice" in out.stderr
+
+
+def test_the_data_directory_is_the_nearest_upward(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    assert find_data_dir() == Path(".ledger")  # none anywhere: the working directory's
+    (tmp_path / ".ledger").mkdir()
+    assert find_data_dir() == tmp_path.resolve() / ".ledger"
+    (deep / ".ledger").mkdir()
+    assert find_data_dir() == Path(".ledger")  # the working directory's own comes first
