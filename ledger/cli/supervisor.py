@@ -90,7 +90,10 @@ class Supervisor:
             for slot, child in list(self.children.items()):
                 if child.poll() is None or self.stopping:
                     continue
-                multiprocess.mark_process_dead(child.pid)  # type: ignore[no-untyped-call]
+                # The metrics directory is the workers' (their environment's), not ours.
+                multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]
+                    child.pid, path=env["PROMETHEUS_MULTIPROC_DIR"]
+                )
                 log.warning("worker %d exited with %s; restarting", child.pid, child.returncode)
                 time.sleep(RESTART_BACKOFF_SECONDS)
                 if not self.stopping:

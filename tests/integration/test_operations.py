@@ -72,6 +72,50 @@ def test_workers_share_a_port_each_with_one_listener(database_url: str, tmp_path
     assert wait_until(lambda: backends(database_url, LISTENER_NAME) == 0)
 
 
+def test_a_killed_worker_is_replaced_while_the_other_serves(
+    database_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL one of two workers under load: the port stays open, every request is
+    answered by the survivor meanwhile, and a new worker (with its own listener) takes the
+    dead one's place."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "LEDGER_DATABASE_URL": database_url,
+        "LEDGER_JWT_SECRET": JWT_SECRET,
+        "LEDGER_DATA_DIR": str(tmp_path),
+    }
+    log = (tmp_path / "workers.log").open("wb")
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "ledger", "serve", "--workers", "2", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_until(lambda: backends(database_url, LISTENER_NAME) == 2, timeout=30)
+        workers = [
+            int(pid)
+            for pid in subprocess.run(
+                ["pgrep", "-P", str(parent.pid)], capture_output=True, text=True, check=True
+            ).stdout.split()
+        ]
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        with httpx.Client(base_url=base, timeout=10) as client:
+            session_id = create_session(client)
+            for n in range(30):  # the survivor answers while the dead one is replaced
+                append(client, session_id, {"status": "transcribing", "progress": n})
+            assert parent.poll() is None, (tmp_path / "workers.log").read_text()
+            assert wait_until(lambda: backends(database_url, LISTENER_NAME) == 2, timeout=30)
+            assert all(client.get("/readyz").status_code == 200 for _ in range(10))
+        assert "Traceback" not in (tmp_path / "workers.log").read_text()
+    finally:
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(30) == 0
+
+
 def series(live: LiveServer) -> Callable[..., float]:
     def read(name: str, labels: str = "") -> float:
         return metric(live, name, labels)
