@@ -10,7 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from ledger import __version__
 from ledger.api import docs, errors, lean
-from ledger.api.middleware import BodyLimit, Observe
+from ledger.api.middleware import BodyLimit, Observe, StrictJson
 from ledger.api.openapi import refine_openapi
 from ledger.api.routes import LEAN, ROUTERS, dashboard
 from ledger.runtime import running
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             ],
             expose_headers=["ETag", "Idempotent-Replayed", "Location"],
         )
+    app.add_middleware(StrictJson)  # inside the limit: it reads the buffered body
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Observe)
     return app

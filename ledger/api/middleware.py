@@ -11,6 +11,7 @@ import logging
 import re
 import time
 import uuid
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -83,6 +84,77 @@ class BodyLimit:
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(payload)).encode()),
                     (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _DuplicateKey(key)
+        found[key] = value
+    return found
+
+
+def duplicate_key(body: bytes) -> str | None:
+    """The first key that a JSON object of ``body`` names twice, if any (other JSON
+    problems are left to the route, which answers them as it always has)."""
+    try:
+        json.loads(body, object_pairs_hook=_refuse_duplicates)
+    except _DuplicateKey as twice:
+        return str(twice)
+    except (ValueError, RecursionError):
+        return None
+    return None
+
+
+class StrictJson:
+    """Refuses a JSON body in which an object names a key twice, with FastAPI's 422 shape.
+
+    ``json.loads`` keeps the last value, so ``{"status": "queued", "status": "processed"}``
+    would end a session that the writer may have meant to queue: an ambiguous body is
+    refused, never guessed at. Runs inside :class:`BodyLimit`, on the body it buffered.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        content_type = dict(scope["headers"]).get(b"content-type", b"")
+        if not content_type.split(b";")[0].strip().lower().endswith(b"json"):
+            await self.app(scope, receive, send)
+            return
+        message = await receive()
+        body = message.get("body", b"")  # whole: BodyLimit buffered it
+        twice = duplicate_key(body) if b'"' in body else None
+        if twice is None:
+            await self.app(scope, replaying(body, receive), send)
+            return
+        detail = [
+            {
+                "loc": ["body"],
+                "msg": f"JSON object names the key {twice!r} twice: refused as ambiguous",
+                "type": "json_invalid",
+            }
+        ]
+        payload = json.dumps({"detail": detail}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 422,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
                 ],
             }
         )

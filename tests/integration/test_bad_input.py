@@ -86,6 +86,13 @@ RAW_BODIES = [
     ("unpaired surrogate in a data key", b'{"status": "queued", "data": {"\\udc00": 1}}'),
     ("unpaired surrogate in message", b'{"status": "queued", "message": "a\\ud800"}'),
     ("not JSON at all", b"status=queued"),
+    # Ambiguous: json.loads would keep the last value (and end the session).
+    ("a key twice", b'{"status": "queued", "status": "processed"}'),
+    ("a key twice in data", b'{"status": "queued", "data": {"a": 1, "a": 2}}'),
+    (
+        "a key twice in a batch",
+        b'[{"status": "queued"}, {"status": "queued", "progress": 1, "progress": 2}]',
+    ),
 ]
 
 
@@ -228,3 +235,9 @@ def test_bad_tokens_append_nothing(server: LiveServer, session_id: str) -> None:
 def test_unknown_session_is_404_not_500(server: LiveServer) -> None:
     body = json.dumps({"status": "queued"}).encode()
     assert post_raw(server, f"/api/sessions/{uuid.uuid4()}/events", body).status_code == 404
+
+
+def test_a_session_body_naming_a_key_twice_is_refused(server: LiveServer) -> None:
+    response = post_raw(server, "/api/sessions", b'{"patient_id": "a", "patient_id": "b"}')
+    assert response.status_code == 422
+    assert "'patient_id' twice" in response.json()["detail"][0]["msg"]
