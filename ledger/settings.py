@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from ledger.database_url import sqlalchemy_url
 
 DATA_DIR_NAME = ".ledger"
 # Never echoed back in an error message.
@@ -23,13 +23,22 @@ def find_data_dir() -> Path:
     """The data directory when ``LEDGER_DATA_DIR`` is unset: the working directory's
     ``.ledger/``, else the nearest one in a parent (as git finds ``.git``), so the CLI run
     from a subdirectory of a checkout uses the server's key; else ``./.ledger`` (the server
-    creates it). The one place this is decided."""
+    creates it). The search stops below the home directory (a stray ``~/.ledger`` is no
+    project's) and passes over directories owned by someone else (a ``/tmp/.ledger`` that
+    another user planted would hand them the secret). The one place this is decided."""
     here = Path.cwd()
     if (here / DATA_DIR_NAME).is_dir():
         return Path(DATA_DIR_NAME)
+    home = Path.home().resolve()
     for folder in here.resolve().parents:
-        if (folder / DATA_DIR_NAME).is_dir():
-            return folder / DATA_DIR_NAME
+        if folder == home:
+            break
+        candidate = folder / DATA_DIR_NAME
+        try:
+            if candidate.is_dir() and candidate.stat().st_uid == os.getuid():
+                return candidate
+        except OSError:  # unreadable: not ours to use
+            continue
     return Path(DATA_DIR_NAME)
 
 
@@ -82,18 +91,8 @@ class Settings(BaseSettings):
     @field_validator("database_url", "test_database_url")
     @classmethod
     def _libpq_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        scheme = urlsplit(value).scheme
-        if scheme not in ("postgresql", "postgres", "postgresql+psycopg"):
-            raise ValueError(
-                "expected a libpq URL such as postgresql://user@host:5432/dbname"
-                + (f", not {scheme}://…" if scheme else "")
-            )
-        try:
-            conninfo_to_dict(value)
-        except psycopg.ProgrammingError as exc:
-            raise ValueError(f"not a valid libpq URL ({exc})") from None
+        if value is not None:
+            sqlalchemy_url(value)  # both readers must understand it (NotALibpqUrl if not)
         return value
 
     @field_validator("cors_origins", mode="before")

@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import logging
 import signal
-import socket
 import sys
 from types import FrameType
 
-from ledger.settings import get_settings
+from ledger.auth import load_keys
+from ledger.cli.sockets import inherited_socket, listening_socket
+from ledger.settings import Settings, get_settings
 from ledger.storage.database import resolve_database_url, wait_for_database
+
+log = logging.getLogger("ledger.serve")
 
 GC_YOUNG_THRESHOLD = 20_000
 
@@ -24,22 +28,9 @@ def _stopped(signum: int, frame: FrameType | None) -> None:
     raise Stopped
 
 
-def inherited_socket(fd: int) -> socket.socket:
-    """The listening socket a supervisor handed down, with its real family.
-
-    uvicorn's own ``fd`` option takes any descriptor for a UNIX socket, so the event loop
-    never set TCP_NODELAY on the connections it accepted and every response waited for the
-    client's delayed ACK (~40 ms: ``--workers 2`` served a third of one process's appends).
-    """
-    return socket.socket(fileno=fd)
-
-
 def serve_command(args: argparse.Namespace) -> int:
     import logging.config
 
-    import uvicorn
-
-    from ledger.api.app import create_app
     from ledger.logs import log_config
 
     settings = get_settings()
@@ -50,10 +41,28 @@ def serve_command(args: argparse.Namespace) -> int:
         from ledger.cli.supervisor import Supervisor
 
         return Supervisor(settings, host, port, args.workers).run()
-    # The database first (starting the embedded one if configured so): a server that
-    # cannot reach it refuses to start, in one line, instead of serving 503s forever.
+    try:
+        return _serve_one(args, settings, host, port)
+    except KeyboardInterrupt:  # before uvicorn took the signals over: still a clean stop
+        print("ledger: stopped", file=sys.stderr)
+        return 0
+
+
+def _serve_one(args: argparse.Namespace, settings: Settings, host: str, port: int) -> int:
+    import uvicorn
+
+    from ledger.api.app import create_app
+    from ledger.logs import log_config
+
+    # What can be checked is checked before serving, so a mistake is one line, not a
+    # traceback from inside the app's start-up: the port, the keys, and the database (a
+    # server that cannot reach it refuses to start instead of serving 503s forever).
+    sock = inherited_socket(args.fd) if args.fd is not None else listening_socket(host, port)
+    load_keys(settings, create=True)
     url = resolve_database_url(settings)
     wait_for_database(url, settings.database_wait_seconds)
+    if args.fd is None:
+        log.info("data directory %s", settings.data_dir.resolve())
     app = create_app(settings, database_url=url)
     # Everything imported so far lives as long as the process: keep it out of the cyclic
     # collector's scans, and collect the young generation less often (a replay allocates
@@ -87,7 +96,7 @@ def serve_command(args: argparse.Namespace) -> int:
     # stops with its last user), and a stop is one line, not a traceback.
     signal.signal(signal.SIGTERM, _stopped)
     with contextlib.suppress(KeyboardInterrupt, Stopped):
-        Server(config).run(sockets=None if args.fd is None else [inherited_socket(args.fd)])
+        Server(config).run(sockets=[sock])
     if args.fd is None:  # a supervisor's worker leaves the word to the supervisor
         print("ledger: stopped", file=sys.stderr)
     return 0

@@ -23,6 +23,7 @@ import time
 from types import FrameType
 
 from ledger.auth import load_keys
+from ledger.cli.sockets import listening_socket
 from ledger.settings import Settings
 from ledger.storage.database import resolve_database_url, wait_for_database
 
@@ -30,15 +31,6 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_SECONDS = 20.0
 RESTART_BACKOFF_SECONDS = 1.0
-
-
-def _listening_socket(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
 
 
 class Supervisor:
@@ -54,7 +46,7 @@ class Supervisor:
         url = resolve_database_url(self.settings)
         wait_for_database(url, self.settings.database_wait_seconds)
         load_keys(self.settings, create=True)  # the development secret, before any worker
-        sock = _listening_socket(self.host, self.port)
+        sock = listening_socket(self.host, self.port)
         metrics_dir = tempfile.mkdtemp(prefix="ledger-metrics-")
         env = {
             **os.environ,

@@ -70,16 +70,18 @@ function liveIndicator() {
   const word = el("span", { class: "live-text muted", id: "live-text" }, "connecting…");
   const open = new Map();
   const show = () => {
-    const states = [...open.values()];
-    const live = states.length > 0 && states.every(Boolean);
+    const states = [...open.values()];  // null: not open yet; false: lost
+    const live = states.length > 0 && states.every((state) => state === true);
+    const lost = states.includes(false);
     dot.classList.toggle("on", live);
-    dot.classList.toggle("down", !live && states.length > 0);
-    word.textContent = states.length === 0 ? "" : live ? "live" : "reconnecting… the list may be stale";
+    dot.classList.toggle("down", lost);
+    word.textContent = states.length === 0 ? "" : live ? "live"
+      : lost ? "reconnecting… the list may be stale" : "connecting…";
   };
   return {
     nodes: [dot, word],
     handlers(key) {
-      open.set(key, false);
+      open.set(key, null);
       return {
         onOpen: () => { open.set(key, true); show(); },
         onConnectionError: () => { open.set(key, false); show(); },
@@ -95,6 +97,10 @@ function copyButton(text) {
   const button = el("button", { class: "copy", type: "button", title: `copy ${text}` }, "copy");
   button.setAttribute("data-copy", text);
   button.addEventListener("click", async () => {
+    if (!navigator.clipboard) {  // only https and localhost pages have a clipboard to write
+      window.prompt("Copy the session id:", text);
+      return;
+    }
     await navigator.clipboard.writeText(text);
     button.textContent = "copied";
     setTimeout(() => { button.textContent = "copy"; }, 1500);
@@ -128,10 +134,14 @@ async function sessionsView() {
     el("table", {}, el("thead", {}, el("tr", {},
       ...["session", "patient", "status", "progress", "message", "updated"].map((h) => el("th", {}, h)))), body));
 
-  // An event newer than what the row shows moves it; an event of a session the list does
-  // not know yet waits for the list to be read again (the stream goes on meanwhile).
-  let loaded = false;
-  const waiting = [];
+  // An event newer than what the row shows moves it. An event of a session the list does
+  // not know makes the page read the list again (the stream goes on meanwhile): a session
+  // registered after the last read is the newest, so it is in the next one. One that is
+  // still not there, although it existed before that read began, is older than the
+  // newest 50 the list shows, and its events are passed over until it is.
+  const waiting = [];          // [event, reads started when it arrived]
+  const unlisted = new Set();  // sessions too old for the list
+  let reads = 0, loaded = false, reading = null;
   const apply = (event) => {
     const session = byId.get(event.session_id);
     if (!session) return false;
@@ -141,34 +151,56 @@ async function sessionsView() {
     }
     return true;
   };
-  let reading = null;
   const load = async () => {
+    const started = ++reads;
     const { sessions } = await api("/api/sessions?limit=50");
     for (const session of [...sessions].reverse()) {
+      unlisted.delete(session.id);
       const known = byId.get(session.id);
       if (!known) { byId.set(session.id, session); render(session); }
       else if ((known.state.version ?? 0) < (session.state.version ?? 0)) { known.state = session.state; render(known); }
     }
     loaded = true;
-    for (const event of waiting.splice(0)) apply(event);
-    return sessions;
+    let again = false;
+    for (const [event, seen] of waiting.splice(0)) {
+      if (apply(event)) continue;
+      if (seen < started) unlisted.add(event.session_id);  // it existed before this read
+      else { waiting.push([event, seen]); again = true; }  // it may be newer than the read
+    }
+    return { sessions, again };
+  };
+  const reread = () => {
+    if (reading) return;
+    reading = load().then(({ again }) => { reading = null; if (again) reread(); },
+      () => { reading = null; });
   };
   const update = (event) => {
+    if (unlisted.has(event.session_id)) return;
     if (!loaded || !apply(event)) {
-      waiting.push(event);
-      if (loaded && !reading) reading = load().finally(() => { reading = null; });
+      waiting.push([event, reads]);
+      if (loaded) reread();
     }
   };
   const role = claims()?.role;
   if (role === "admin" || role === "auditor") {
-    // Opened before the list is read, so nothing that happens in between is missed.
+    // The list is read once the stream is open (at most a few seconds' wait), so that
+    // nothing that happens between the two is missed.
     const { onOpen, onConnectionError } = live.handlers("all");  // it never ends by itself
-    const stream = followAll({ tokenProvider: token, onEvent: update, onOpen, onConnectionError });
+    let opened;
+    const open = new Promise((resolve) => { opened = resolve; });
+    const stream = followAll({
+      tokenProvider: token,
+      onEvent: update,
+      onOpen: () => { onOpen(); opened(); },
+      onConnectionError,
+    });
     streams.add(stream);
-    await load();
+    await Promise.race([open, new Promise((resolve) => setTimeout(resolve, 3000))]);
+    const { again } = await load();
+    if (again) reread();
     main.replaceChildren(card);
   } else {
-    const sessions = await load();
+    const { sessions } = await load();
     main.replaceChildren(card);
     for (const session of sessions.filter((s) => !["complete", "error"].includes(s.state.type)).slice(0, 5)) {
       follow(sessionPath(session.id), { onEvent: update, ...live.handlers(session.id) });

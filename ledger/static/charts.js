@@ -19,12 +19,12 @@ export function duration(seconds) {
   if (seconds === null || seconds === undefined || Number.isNaN(seconds)) return "—";
   if (seconds < 1) return `${Math.round(seconds * 1000)} ms`;
   if (seconds < 10) return `${Math.round(seconds * 10) / 10} s`;
-  if (seconds < 60) return `${Math.round(seconds)} s`;
-  if (seconds < 3600) {
-    const minutes = Math.floor(seconds / 60), rest = Math.round(seconds % 60);
+  if (seconds < 59.5) return `${Math.round(seconds)} s`;
+  if (seconds < 3570) {  // rounded to whole seconds first, so 119.6 s is 2 min, not 1 min 60 s
+    const whole = Math.round(seconds), minutes = Math.floor(whole / 60), rest = whole % 60;
     return rest ? `${minutes} min ${rest} s` : `${minutes} min`;
   }
-  const hours = Math.floor(seconds / 3600), minutes = Math.round((seconds % 3600) / 60);
+  const whole = Math.round(seconds / 60), hours = Math.floor(whole / 60), minutes = whole % 60;
   return minutes ? `${hours} h ${minutes} min` : `${hours} h`;
 }
 
@@ -111,7 +111,8 @@ export function barChart(items, { series, width = 460, height = 200, yLabel = ""
   const plotHeight = height - top - bottom;
   const slot = (width - left - right) / Math.max(items.length, 1);
   const y = (v) => top + plotHeight * (1 - v / max);
-  const chart = svg("svg", { width, height, class: "chart bars", role: "img", "aria-label": yLabel });
+  const chart = svg("svg", { width, height, class: "chart bars", role: "img", "aria-label": yLabel,
+    "data-items": items.length });
   for (const value of scale) {
     chart.append(svg("line", { x1: left, x2: width - right, y1: y(value), y2: y(value), class: "grid" }));
     chart.append(svg("text", { x: left - 4, y: y(value) + 4, class: "tick", "text-anchor": "end" }, String(value)));

@@ -9,14 +9,13 @@ import warnings
 from pathlib import Path
 
 import psycopg
-import psycopg.conninfo
 from psycopg import sql
 from sqlalchemy import event, literal, select
-from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ledger import metrics
+from ledger.database_url import libpq_url, sqlalchemy_url, where
 from ledger.errors import SetupError
 from ledger.settings import Settings
 
@@ -61,19 +60,22 @@ def resolve_database_url(settings: Settings) -> str:
     return start_embedded(settings.data_dir)
 
 
-def where(libpq: str) -> str:
-    """``host:port/dbname`` of a libpq URL, for messages (never its password)."""
-    parts = psycopg.conninfo.conninfo_to_dict(libpq)
-    host = parts.get("host") or "localhost"
-    port = parts.get("port") or "5432"
-    return f"{host}:{port}/{parts.get('dbname') or ''}"
-
-
 def unreachable(libpq: str | None, error: Exception) -> SetupError:
     """An unreachable database, in one line (None: the embedded one)."""
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     place = f"at {where(libpq)}" if libpq else "(embedded)"
     return SetupError(f"cannot reach the database {place}: {reason}")
+
+
+# What a server that is starting, stopping or full says: waiting may help.
+PASSING = ("starting up", "shutting down", "too many clients", "recovery", "not yet accepting")
+
+
+def refused_for_good(error: psycopg.OperationalError) -> bool:
+    """A server that answered and refused (no such database or role, a wrong password, no
+    pg_hba.conf entry) will refuse again; one that is not there yet may come."""
+    text = str(error)
+    return "FATAL:" in text and not any(phrase in text for phrase in PASSING)
 
 
 def wait_for_database(libpq: str, seconds: float) -> None:
@@ -85,23 +87,10 @@ def wait_for_database(libpq: str, seconds: float) -> None:
                 conn.execute("SELECT 1")
             return
         except psycopg.OperationalError as exc:
-            if time.monotonic() >= deadline:
+            if refused_for_good(exc) or time.monotonic() >= deadline:
                 raise unreachable(libpq, exc) from None
             log.warning("waiting for the database at %s: %s", where(libpq), exc)
             time.sleep(1.0)
-
-
-def sqlalchemy_url(libpq_url: str) -> URL:
-    """Adapt the libpq form every PostgreSQL tool prints to SQLAlchemy's psycopg dialect."""
-    url = make_url(libpq_url)
-    if url.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
-        return url.set(drivername="postgresql+psycopg")
-    raise ValueError(f"not a PostgreSQL URL: {url.drivername}://…")
-
-
-def libpq_url(url: URL) -> str:
-    """The inverse of :func:`sqlalchemy_url`, for psycopg's own connections."""
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def create_engine(libpq: str, *, pool_size: int) -> AsyncEngine:
@@ -131,3 +120,6 @@ async def ping(engine: AsyncEngine) -> None:
     """One round trip: raises when the database cannot be reached."""
     async with engine.connect() as conn:
         await conn.execute(select(literal(1)))
+
+
+__all__ = ["libpq_url", "sqlalchemy_url"]

@@ -89,9 +89,13 @@ class Reporting:
 
     @asynccontextmanager
     async def _analytics(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn, conn.begin():
-            await conn.execute(text(f"SET LOCAL work_mem = '{ANALYTICS_WORK_MEM}'"))
-            yield conn
+        """One read-only snapshot for all of a figure's statements (REPEATABLE READ), so
+        that, say, a histogram's bounds and its counts see the same sessions."""
+        async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                await conn.execute(text(f"SET LOCAL work_mem = '{ANALYTICS_WORK_MEM}'"))
+                yield conn
 
     @staticmethod
     def _outcomes(start: datetime, end: datetime) -> Any:

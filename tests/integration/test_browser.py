@@ -261,8 +261,13 @@ def test_analytics_draws_throughput_and_the_distribution_of_completion_times(
     summary = page.locator("#summary").inner_text()
     assert "p50" in summary
     assert not any(len(part) > 6 for part in summary.replace(",", " ").split() if "." in part)
+    drawn = page.locator("#throughput-chart svg").get_attribute("data-items")
+    assert drawn == str(hours)  # every hour of the range, not the last twelve
     stage_labels = page.locator("#stages-chart svg text.tick").all_text_contents()
-    assert "transcribing" in stage_labels
+    pipeline = ["uploaded", "queued", "transcribing", "diarizing", "analyzing"]
+    named = [label for label in stage_labels if label in pipeline]
+    assert named == sorted(named, key=pipeline.index)  # pipeline order, not alphabetical
+    assert "transcribing" in named
     page.wait_for_selector("#failure-reasons >> text=codec")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-analytics.png"), full_page=True)

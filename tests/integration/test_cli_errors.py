@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -50,9 +51,15 @@ def test_a_bad_setting_names_the_variable_and_what_was_expected(tmp_path: Path) 
     line = one_line(ledger("migrate", env={"LEDGER_DATABASE_URL": "mysql://u@h/db"}, cwd=tmp_path))
     assert "LEDGER_DATABASE_URL" in line
     assert "postgresql://user@host:5432/dbname" in line
-    secret = "postgresql://u:hunter2@h/db"
-    line = one_line(ledger("migrate", env={"LEDGER_DATABASE_URL": secret, "LEDGER_PORT": "x"}))
-    assert "hunter2" not in line
+    # A URL that cannot be read is not echoed: it may hold a password.
+    for secret in (
+        "postgresql+psycopg://u:hunter2@h/db",
+        "postgresql://u:hunter2%zz@h/db",
+        "postgresql://u:hunter2@h:abc/db",
+    ):
+        line = one_line(ledger("migrate", env={"LEDGER_DATABASE_URL": secret}, cwd=tmp_path))
+        assert "LEDGER_DATABASE_URL" in line
+        assert "hunter2" not in line
 
 
 def test_an_unreachable_database_is_one_line_and_serve_gives_up(tmp_path: Path) -> None:
@@ -73,6 +80,40 @@ def test_an_unreachable_database_is_one_line_and_serve_gives_up(tmp_path: Path) 
     assert "cannot reach the database" in one_line(done)
     assert done.returncode == 1
     assert time.monotonic() - started < 50  # it gave up instead of serving 503s forever
+
+
+def test_serve_checks_what_it_can_before_it_serves(
+    module_database_url: str, tmp_path: Path
+) -> None:
+    base = {"LEDGER_DATABASE_URL": module_database_url, "LEDGER_JWT_SECRET": JWT_SECRET}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        line = one_line(ledger("serve", "--port", port, env=base, cwd=tmp_path))
+    assert f"cannot listen on 127.0.0.1:{port}" in line
+    line = one_line(ledger("serve", env={**base, "LEDGER_JWT_ALGORITHM": "RS256"}, cwd=tmp_path))
+    assert "RS256 needs LEDGER_JWT_PUBLIC_KEY" in line
+    # A refusal that waiting cannot change (no such database) is not waited on.
+    missing = module_database_url.rsplit("/", 1)[0] + "/no_such_database"
+    started = time.monotonic()
+    line = one_line(ledger("serve", env={**base, "LEDGER_DATABASE_URL": missing}, cwd=tmp_path))
+    assert 'database "no_such_database" does not exist' in line
+    assert time.monotonic() - started < 20  # LEDGER_DATABASE_WAIT_SECONDS is 30
+
+
+def test_a_multi_host_url_reaches_the_host_that_answers(module_database_url: str) -> None:
+    """libpq's multi-host form (design section 12): the first host is down."""
+    url = module_database_url.replace("://", "://", 1)
+    user_host, database = url.rsplit("/", 1)
+    scheme_user, host = user_host.rsplit("@", 1)
+    multi = (
+        f"{scheme_user}@127.0.0.1:{free_port()},{host}/{database}?target_session_attrs=read-write"
+    )
+    done = ledger("migrate", env={"LEDGER_DATABASE_URL": multi})
+    assert done.returncode == 0, done.stderr
+    done = ledger("verify", env={"LEDGER_DATABASE_URL": multi})
+    assert done.returncode == 0, done.stderr
 
 
 def test_tail_names_an_unknown_session_and_an_absent_server(server: LiveServer) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from ledger.cli.serve import inherited_socket
+from ledger.cli.sockets import inherited_socket
 from ledger.live.listener import LISTENER_NAME
 from ledger.testing import free_port
 from tests.support import (

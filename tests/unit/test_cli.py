@@ -63,3 +63,17 @@ def test_the_data_directory_is_the_nearest_upward(
     assert find_data_dir() == tmp_path.resolve() / ".ledger"
     (deep / ".ledger").mkdir()
     assert find_data_dir() == Path(".ledger")  # the working directory's own comes first
+
+
+def test_the_search_stops_below_home_and_passes_over_others_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    project = home / "project" / "sub"
+    project.mkdir(parents=True)
+    (home / ".ledger").mkdir()  # a stray one in the home directory is no project's
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(project)
+    assert find_data_dir() == Path(".ledger")
+    (home / "project" / ".ledger").mkdir()
+    assert find_data_dir() == (home / "project" / ".ledger").resolve()
