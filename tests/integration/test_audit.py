@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -19,19 +18,21 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.readme import block
 from tests.support import LiveServer, append, auth, create_session, with_database
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def readme_event_hash(prev_hash: str, e: dict[str, Any]) -> str:
-    """The README's recipe, as an auditor would type it: no ledger code involved."""
-    fields = ("session_id", "version", "type", "status", "progress", "message", "error",
-              "data", "actor", "recorded_at")  # fmt: skip
-    canonical = json.dumps(
-        {k: e[k] for k in fields}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
-    return hashlib.sha256((prev_hash + canonical).encode("utf-8")).hexdigest()
+def readme_recipe() -> Callable[[str, dict[str, Any]], str]:
+    """The README's hash recipe, exactly as printed there: no ledger code involved."""
+    namespace: dict[str, Any] = {}
+    exec(block("Hash chain", "python"), namespace)
+    recipe: Callable[[str, dict[str, Any]], str] = namespace["event_hash"]
+    return recipe
+
+
+readme_event_hash = readme_recipe()
 
 
 def seed(server: LiveServer, count: int = 5) -> str:

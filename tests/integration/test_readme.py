@@ -25,42 +25,11 @@ import pytest
 
 from ledger.testing import ServerProcess, free_port
 from tests.integration.test_browser import CHROMIUM, FLAGS
+from tests.readme import block
 
 REPO = Path(__file__).resolve().parents[2]
-README = (REPO / "README.md").read_text()
 PORT = 8000  # where the README's snippets look for the server
 BASE = f"http://127.0.0.1:{PORT}"
-
-
-@dataclass(frozen=True)
-class Block:
-    heading: str
-    lang: str
-    text: str
-
-
-def blocks() -> list[Block]:
-    """Every fenced code block with the heading it stands under."""
-    found: list[Block] = []
-    heading = ""
-    lines = iter(README.splitlines())
-    for line in lines:
-        if line.startswith("#") and not line.startswith("#!"):
-            heading = line.lstrip("#").strip()
-        elif line.startswith("```"):
-            body: list[str] = []
-            for inner in lines:
-                if inner.startswith("```"):
-                    break
-                body.append(inner)
-            found.append(Block(heading, line[3:].strip(), "\n".join(body) + "\n"))
-    return found
-
-
-def block(heading: str, lang: str, nth: int = 0) -> str:
-    matching = [b.text for b in blocks() if b.heading == heading and b.lang == lang]
-    assert len(matching) > nth, f"no {lang} block under {heading!r}"
-    return matching[nth]
 
 
 @dataclass
