@@ -63,10 +63,14 @@ async def running(settings: Settings, url: str | None = None) -> AsyncIterator[R
     verifier = TokenVerifier(settings, load_keys(settings, create=True))
     url = url or database.resolve_database_url(settings)
     async with contextlib.AsyncExitStack() as stack:
-        pool = create_pool(url, size=settings.pool_size)
+        pool = create_pool(url, size=settings.pool_size, timeout=settings.pool_timeout_seconds)
         await pool.open()
         stack.push_async_callback(pool.close)
-        engine = database.create_engine(url, pool_size=max(1, settings.pool_size // 2))
+        engine = database.create_engine(
+            url,
+            pool_size=max(1, settings.pool_size // 2),
+            pool_timeout=settings.pool_timeout_seconds,
+        )
         stack.push_async_callback(engine.dispose)
         history = History(pool)
         care = CareAssignments(engine)

@@ -80,7 +80,10 @@ class Settings(BaseSettings):
     max_page_size: int = Field(default=1000, ge=1)
     # Per-subscriber bound; on overflow the subscriber reads from the table instead.
     subscriber_queue_size: int = Field(default=256, ge=1)
-    pool_size: int = Field(default=20, ge=1)
+    # Connections per process: see the README's connection budget.
+    pool_size: int = Field(default=16, ge=1)
+    # How long a request waits for a free connection before it answers 503.
+    pool_timeout_seconds: float = Field(default=5.0, gt=0)
     # Set by `ledger serve --workers N` so /metrics adds up every worker's series.
     metrics_dir: Path | None = Field(default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR")
     # How long `ledger serve` waits for an unreachable database before it gives up.

@@ -160,9 +160,10 @@ class Hub:
                     encoded = Encoded(event)
                     for sub in self._sessions.get(event.session_id, ()):
                         sub.offer(encoded)
-            except Exception:
-                # Whatever this batch held is still in the table: its readers go there.
-                log.exception("fan-out failed; the subscribers concerned read the table")
+            except Exception as exc:
+                # Whatever this batch held is still in the table: its readers go there. A
+                # lost database (a restart, a failover) is expected, not a bug: one line.
+                log.warning("fan-out read failed (%s); its subscribers read the table", exc)
                 for wanted_range in ranges:
                     for sub in self._sessions.get(wanted_range.session_id, ()):
                         sub.catch_up()

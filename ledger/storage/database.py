@@ -93,11 +93,13 @@ def wait_for_database(libpq: str, seconds: float) -> None:
             time.sleep(1.0)
 
 
-def create_engine(libpq: str, *, pool_size: int) -> AsyncEngine:
+def create_engine(libpq: str, *, pool_size: int, pool_timeout: float = 30.0) -> AsyncEngine:
+    """At most ``pool_size`` connections (no overflow: the connection budget is a bound)."""
     engine = create_async_engine(
         sqlalchemy_url(libpq),
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=0,
+        pool_timeout=pool_timeout,
         pool_pre_ping=True,
         pool_recycle=1800,
     )

@@ -51,12 +51,14 @@ async def still_open(conn: AsyncConnection[Any]) -> None:
         await conn.execute("")
 
 
-def create_pool(url: str, *, size: int) -> Pool:
-    """A pool that is not open yet (``await pool.open()``)."""
+def create_pool(url: str, *, size: int, timeout: float = 30.0) -> Pool:
+    """A pool that is not open yet (``await pool.open()``); a request waits ``timeout``
+    seconds for a connection, then gets PoolTimeout (a 503)."""
     return AsyncConnectionPool(
         url,
         min_size=min(4, size),
         max_size=size,
+        timeout=timeout,
         open=False,
         kwargs={"autocommit": True},
         check=still_open,

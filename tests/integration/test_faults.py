@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
@@ -119,6 +120,40 @@ def test_postgres_restart_mid_stream(private_postgres: tuple[Any, str], tmp_path
         assert_exactly_the_table(follower, url, session_id)
         assert wait_until(lambda: metric(live, "ledger_listener_reconnects_total") >= 2)
         assert wait_until(lambda: metric(live, "ledger_listener_up") == 1)
+    finally:
+        live.stop()
+
+
+def test_an_unreachable_database_is_a_prompt_503_and_nothing_is_lost(
+    private_postgres: tuple[Any, str], tmp_path: Path
+) -> None:
+    """PostgreSQL stopped under a running server: an append answers 503 with Retry-After
+    within the pool's wait (not after minutes), readiness says so, a follower's stream stays
+    open on heartbeats, and once PostgreSQL is back the idempotent retry stores it once and
+    the follower has every event."""
+    import pgserver
+
+    server, url = private_postgres
+    live = LiveServer(url, tmp_path / "server", env={"LEDGER_POOL_TIMEOUT_SECONDS": "2"}).start()
+    try:
+        with live.client() as client:
+            session_id = create_session(client)
+            append(client, session_id, [progress(1)])
+        follower = Follower([live.base_url], session_id)
+        follower.start()
+        assert wait_until(lambda: len(follower.events) == 1)
+        pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+        with httpx.Client(base_url=live.base_url, timeout=15) as client:
+            response = append(client, session_id, progress(2), {"Idempotency-Key": "p2"})
+            assert response.status_code == 503, response.text
+            assert response.headers["Retry-After"] == "1"
+            assert client.get("/readyz").status_code == 503
+        # restart on a stopped server starts it with the options it last ran with
+        pgserver.pg_ctl(["-w", "restart"], pgdata=server.pgdata, user=server.system_user)
+        append_retrying(live.base_url, session_id, progress(2), key="p2")
+        append_retrying(live.base_url, session_id, {"status": "processed"}, key="done")
+        assert_exactly_the_table(follower, url, session_id)
+        assert follower.connections == 1  # the stream stayed open through the outage
     finally:
         live.stop()
 
