@@ -631,7 +631,16 @@ def run(settings: Settings, *, quick: bool, output: Path) -> int:
         with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
             # As deployed: one worker per core, each with its own LISTEN connection.
             server = ServerProcess(
-                url, Path(tmp), env={"LEDGER_JWT_SECRET": SECRET}, options=server_options()
+                url,
+                Path(tmp),
+                # One load generator is one subject: the per-subject limits would measure
+                # themselves.
+                env={
+                    "LEDGER_JWT_SECRET": SECRET,
+                    "LEDGER_MAX_STREAMS_PER_SUBJECT": "0",
+                    "LEDGER_MAX_APPENDS_PER_SECOND_PER_SUBJECT": "0",
+                },
+                options=server_options(),
             ).start()
             try:
                 results = analytics_figures(server, url, events)

@@ -36,6 +36,16 @@ class Unprocessable(LedgerError):
     status_code = 422
 
 
+class TooManyRequests(LedgerError):
+    """A per-subject limit: the request changed nothing; retry after ``retry_after`` s."""
+
+    status_code = 429
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 class Unavailable(LedgerError):
     """The database cannot be reached right now; the request changed nothing and may be retried."""
 

@@ -34,6 +34,11 @@ APPEND_RACES = Counter(
     "ledger_append_races_total",
     "Appends that lost a race for a version to another writer and were retried",
 )
+LIMITED = Counter(
+    "ledger_limited_total",
+    "Requests refused (429) by a per-subject limit",
+    ["limit"],
+)
 NOTIFICATIONS = Counter("ledger_notifications_total", "Notifications received by the listener")
 DB_STATEMENTS = Counter(
     "ledger_db_statements_total",

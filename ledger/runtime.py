@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ledger.auth import TokenVerifier, load_keys
 from ledger.live.hub import Hub
 from ledger.live.listener import Listener
+from ledger.quotas import Quotas
 from ledger.settings import Settings
 from ledger.storage import database
 from ledger.storage.appends import Appender
@@ -41,6 +42,7 @@ class Runtime:
     history: History
     global_order: GlobalOrder
     reporting: Reporting
+    quotas: Quotas
     hub: Hub
     listener: Listener
     engine: AsyncEngine = field(repr=False)
@@ -90,6 +92,10 @@ async def running(settings: Settings, url: str | None = None) -> AsyncIterator[R
             history=history,
             global_order=GlobalOrder(engine),
             reporting=Reporting(engine),
+            quotas=Quotas(
+                streams_per_subject=settings.max_streams_per_subject,
+                appends_per_second=settings.max_appends_per_second_per_subject,
+            ),
             hub=hub,
             listener=listener,
             engine=engine,

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     max_page_size: int = Field(default=1000, ge=1)
     # Per-subscriber bound; on overflow the subscriber reads from the table instead.
     subscriber_queue_size: int = Field(default=256, ge=1)
+    # Per subject and per process; 0 turns a limit off.
+    max_streams_per_subject: int = Field(default=200, ge=0)
+    max_appends_per_second_per_subject: float = Field(default=500.0, ge=0)
     # Connections per process: see the README's connection budget.
     pool_size: int = Field(default=16, ge=1)
     # How long a request waits for a free connection before it answers 503.

@@ -79,6 +79,9 @@ class LiveServer(ServerProcess):
             "LEDGER_HEARTBEAT_SECONDS": "1",
             "LEDGER_LISTENER_PROBE_SECONDS": "1",
             "LEDGER_JWT_LEEWAY_SECONDS": "1",
+            # The suite's clients share a handful of subjects; test_quotas tests the limits.
+            "LEDGER_MAX_STREAMS_PER_SUBJECT": "0",
+            "LEDGER_MAX_APPENDS_PER_SECOND_PER_SUBJECT": "0",
         }
 
 

@@ -12,7 +12,7 @@ from psycopg import OperationalError as DriverOperationalError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from ledger.errors import LedgerError, Unauthorized, Unavailable
+from ledger.errors import LedgerError, TooManyRequests, Unauthorized, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 async def ledger_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, LedgerError)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    if isinstance(exc, TooManyRequests):
+        headers = {"Retry-After": str(exc.retry_after)}
     detail: object = exc.detail
     if exc.status_code == 422:
         # Same shape as FastAPI's own validation errors, so a 422 is always one schema.

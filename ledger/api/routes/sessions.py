@@ -135,7 +135,7 @@ def _expected_version(if_match: str | None, in_body: int | None) -> int | None:
     "/{session_id}/events",
     status_code=201,
     response_model=list[EventOut],
-    responses=error_responses(400, 401, 403, 404, 409, 413),
+    responses=error_responses(400, 401, 403, 404, 409, 413, 429),
 )
 async def append_events(
     session_id: UUID,
@@ -147,6 +147,7 @@ async def append_events(
 ) -> JSONResponse:
     """Append one event, a list, or ``{"events": [...], "expected_version": N}`` atomically."""
     require_append(principal)
+    runtime.quotas.append(principal.subject)
     batch: list[EventIn]
     in_body: int | None = None
     if isinstance(body, SingleEventIn):

@@ -29,7 +29,7 @@ from ledger.api.schemas import error_responses
 from ledger.api.sse import FeedResponse
 from ledger.auth import Principal, Role, require_read_all
 from ledger.domain import CarePair
-from ledger.errors import Forbidden, LedgerError
+from ledger.errors import Forbidden, LedgerError, TooManyRequests
 from ledger.live.feeds import Clock, GlobalFeed, Kind, SessionFeed, parse_last_event_id
 from ledger.runtime import Runtime
 from ledger.storage.database import DATABASE_ERRORS
@@ -57,19 +57,23 @@ AccessTokenQuery = Annotated[
 STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/event-stream": {}}, "description": "An SSE stream."},
     204: {"description": "The client has already seen the terminal event: stop reconnecting."},
-    **error_responses(400, 401, 403, 404, 409, 503),
+    **error_responses(400, 401, 403, 404, 409, 429, 503),
 }
 
 
 async def opened(
+    runtime: Runtime,
+    principal: Principal,
     open_feed: Callable[[contextlib.ExitStack], Awaitable[FeedT]],
 ) -> tuple[FeedT, contextlib.ExitStack]:
-    """Open a feed whose subscription lives in a fresh stack, released if opening fails.
+    """Open a feed whose subscription (and the subject's stream slot) lives in a fresh
+    stack, released if opening fails.
 
     On success the stack belongs to the response, which closes it when the stream ends.
     """
     stack = contextlib.ExitStack()
     try:
+        stack.enter_context(runtime.quotas.stream(principal.subject))
         return await open_feed(stack), stack
     except BaseException:
         stack.close()
@@ -82,6 +86,8 @@ async def open_session_feed(
     """The session feed both transports use, with the stream's clock and access rule."""
     clock = Clock(runtime.settings.heartbeat_seconds, principal.expires_at)
     return await opened(
+        runtime,
+        principal,
         lambda stack: SessionFeed.open(
             runtime.history,
             runtime.hub,
@@ -90,13 +96,17 @@ async def open_session_feed(
             clock,
             stack,
             access=assignment(principal, session.patient_id),
-        )
+        ),
     )
 
 
-async def _deny(websocket: WebSocket, status_code: int, detail: str) -> None:
+async def _deny(
+    websocket: WebSocket, status_code: int, detail: str, headers: dict[str, str] | None = None
+) -> None:
     """Refuse before the upgrade with a real HTTP answer."""
-    await websocket.send_denial_response(JSONResponse({"detail": detail}, status_code=status_code))
+    await websocket.send_denial_response(
+        JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
+    )
 
 
 @router.get(
@@ -142,7 +152,9 @@ async def global_stream(
     start = parse_last_event_id(last_event_id_header, last_event_id)
     clock = Clock(runtime.settings.heartbeat_seconds, principal.expires_at)
     global_feed, stack = await opened(
-        lambda stack: GlobalFeed.open(runtime.global_order, runtime.hub, start, clock, stack)
+        runtime,
+        principal,
+        lambda stack: GlobalFeed.open(runtime.global_order, runtime.hub, start, clock, stack),
     )
     return FeedResponse(
         global_feed.items(),
@@ -168,6 +180,9 @@ async def session_ws(websocket: WebSocket, session_id: UUID) -> None:
         session = await check_read(runtime, principal, session_id)
         start = parse_last_event_id(None, websocket.query_params.get("last_event_id"))
         feed, stack = await open_session_feed(runtime, principal, session, start)
+    except TooManyRequests as exc:
+        await _deny(websocket, 429, exc.detail, {"Retry-After": str(exc.retry_after)})
+        return
     except LedgerError as exc:
         await _deny(websocket, exc.status_code, exc.detail)
         return
