@@ -76,6 +76,13 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
 
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # A request head (request line and headers) larger than this is 431; one not complete
+    # within the timeout is 408; a body not complete within its timeout is 408.
+    # 128 KiB: a 100 KB token still reaches the app (and gets its 401); nginx in front
+    # allows 4 x 16 KiB (deploy/nginx.conf).
+    max_header_bytes: int = Field(default=128 * 1024, ge=4096)
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
     max_batch_events: int = Field(default=1000, ge=1)
     max_page_size: int = Field(default=1000, ge=1)
     # Per-subscriber bound; on overflow the subscriber reads from the table instead.

@@ -58,6 +58,8 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             expose_headers=["ETag", "Idempotent-Replayed", "Location"],
         )
     app.add_middleware(StrictJson)  # inside the limit: it reads the buffered body
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_seconds
+    )
     app.add_middleware(Observe)
     return app

@@ -11,6 +11,7 @@ import sys
 from types import FrameType
 
 from ledger.auth import load_keys
+from ledger.cli.protocols import AnsweringWebSocketProtocol, bounded_http
 from ledger.cli.sockets import inherited_socket, listening_socket
 from ledger.settings import Settings, get_settings
 from ledger.storage.database import resolve_database_url, wait_for_database
@@ -84,8 +85,8 @@ def _serve_one(args: argparse.Namespace, settings: Settings, host: str, port: in
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
-        ws="websockets-sansio",
+        http=bounded_http(settings.header_timeout_seconds, settings.max_header_bytes),
+        ws=AnsweringWebSocketProtocol,
         log_config=log_config(settings.log_format, settings.log_level),
         access_log=False,
         timeout_graceful_shutdown=10,

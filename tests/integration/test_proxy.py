@@ -127,6 +127,18 @@ def test_streams_through_the_proxy_are_not_buffered(
         assert len(client.get("/healthz").headers["x-request-id"]) == 32
 
 
+def test_the_proxy_refuses_oversized_heads_itself(
+    cluster: tuple[Nginx, list[LiveServer]],
+) -> None:
+    """deploy/nginx.conf's own limits: a header line over 16 KiB never reaches a backend."""
+    proxy, _ = cluster
+    with httpx.Client(base_url=proxy.base_url, timeout=5) as client:
+        # The app itself would serve it (its limit is 128 KiB): a 400 is nginx's refusal.
+        refused = client.get("/healthz", headers={"X-Big": "a" * 20_000})
+        assert refused.status_code == 400
+        assert client.get("/healthz", headers={"X-Big": "a" * 8_000}).status_code == 200
+
+
 def test_websocket_through_the_proxy(cluster: tuple[Nginx, list[LiveServer]]) -> None:
     from websockets.sync.client import connect
 
