@@ -6,6 +6,7 @@ import json
 import os
 import resource
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -250,3 +251,74 @@ async def test_the_pool_check_works_past_descriptor_1024(database_url: str) -> N
         for fd in filler:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_failover_to_a_synchronous_standby_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    """Design section 12. Idempotent appenders and resuming followers on four sessions; the
+    primary is killed mid-load and the synchronous standby promoted. Afterwards every
+    acknowledged append is on the new primary, none is stored twice, every follower's view
+    equals the table, and the listener follows the new primary."""
+    from tests.replica import ReplicatedPostgres
+
+    databases = ReplicatedPostgres().start()
+    try:
+        upgrade(databases.url(databases.primary_port))
+        live = LiveServer(
+            databases.failover_url,
+            tmp_path / "server",
+            env={"LEDGER_POOL_TIMEOUT_SECONDS": "2"},
+        ).start()
+        try:
+            with live.client() as client:
+                sessions = [create_session(client, f"failover-{i}") for i in range(4)]
+            followers = [Follower([live.base_url], s, deadline=120) for s in sessions]
+            for follower in followers:
+                follower.start()
+            acknowledged: dict[str, list[Any]] = {}
+            lock = threading.Lock()
+            halfway = threading.Barrier(len(sessions) + 1)
+
+            def appender(session_id: str) -> None:
+                for n in range(1, 41):
+                    key = f"{session_id}-{n}"
+                    stored = append_retrying(live.base_url, session_id, progress(n), key, 600)
+                    with lock:
+                        acknowledged[key] = stored
+                    if n == 15:
+                        halfway.wait(60)
+                stored = append_retrying(
+                    live.base_url, session_id, {"status": "processed"}, f"{session_id}-end", 600
+                )
+                with lock:
+                    acknowledged[f"{session_id}-end"] = stored
+
+            writers = [threading.Thread(target=appender, args=(s,)) for s in sessions]
+            for writer in writers:
+                writer.start()
+            halfway.wait(60)
+            databases.crash_primary()  # mid-load: appends are in flight
+            time.sleep(0.5)
+            databases.promote_standby()
+            for writer in writers:
+                writer.join(180)
+            new_primary = databases.url(databases.standby_port)
+            assert len(acknowledged) == len(sessions) * 41
+            with psycopg.connect(new_primary) as db:
+                for key, stored in acknowledged.items():
+                    session_id = key.rsplit("-", 1)[0]
+                    rows = db.execute(
+                        "SELECT version, position FROM events"
+                        " WHERE session_id = %s AND idempotency_key = %s",
+                        (session_id, key),
+                    ).fetchall()
+                    # Stored exactly once, as acknowledged (a replayed answer is the same).
+                    assert [(e["version"], e["position"]) for e in stored] == rows, key
+            for follower, session_id in zip(followers, sessions, strict=True):
+                assert_exactly_the_table(follower, new_primary, session_id)
+                assert len(follower.result()) == 41
+            assert wait_until(lambda: metric(live, "ledger_listener_reconnects_total") >= 2)
+            assert wait_until(lambda: live.client().get("/readyz").status_code == 200)
+        finally:
+            live.stop()
+    finally:
+        databases.stop()
