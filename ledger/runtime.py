@@ -3,6 +3,7 @@ in one place (the app's lifespan runs :func:`running`)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ledger.auth import TokenVerifier, load_keys
 from ledger.live.hub import Hub
 from ledger.live.listener import Listener
+from ledger.memory import trim_every
 from ledger.quotas import Quotas
 from ledger.settings import Settings
 from ledger.storage import database
@@ -81,6 +83,9 @@ async def running(settings: Settings, url: str | None = None) -> AsyncIterator[R
         listener = Listener(url, hub, probe_seconds=settings.listener_probe_seconds)
         stack.push_async_callback(listener.stop)  # stopped first: nothing reports any more
         await listener.start()
+        if settings.memory_trim_seconds:
+            trimming = asyncio.create_task(trim_every(settings.memory_trim_seconds))
+            stack.callback(trimming.cancel)
         if not await listener.wait_listening(LISTENER_START_SECONDS):
             log.warning("the LISTEN connection is not up yet; /readyz reports it")
         yield Runtime(

@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     metrics_dir: Path | None = Field(default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR")
     # How long `ledger serve` waits for an unreachable database before it gives up.
     database_wait_seconds: float = Field(default=30.0, ge=0)
+    # Free memory is given back to the system this often (0: never).
+    memory_trim_seconds: float = Field(default=30.0, ge=0)
     # How long the listener waits in silence before probing its connection.
     listener_probe_seconds: float = Field(default=5.0, gt=0)
 
