@@ -54,17 +54,32 @@ async def still_open(conn: AsyncConnection[Any]) -> None:
 def create_pool(url: str, *, size: int, timeout: float = 30.0) -> Pool:
     """A pool that is not open yet (``await pool.open()``); a request waits ``timeout``
     seconds for a connection, then gets PoolTimeout (a 503)."""
-    return AsyncConnectionPool(
+    pool: Pool | None = None
+
+    async def check(conn: AsyncConnection[Any]) -> None:
+        try:
+            await still_open(conn)
+        except Exception:
+            # The server dropped this one, so it likely dropped the others (a restart, a
+            # failover, pg_terminate_backend): check them all now. Otherwise the checkout
+            # meets them one by one, waiting psycopg's growing backoff after each (1, 2,
+            # 4 s...), and a healthy database answers 503s for seconds.
+            if pool is not None:
+                await pool.check()
+            raise
+
+    pool = AsyncConnectionPool(
         url,
         min_size=min(4, size),
         max_size=size,
         timeout=timeout,
         open=False,
         kwargs={"autocommit": True},
-        check=still_open,
+        check=check,
         configure=configure,
         name="ledger-hot-paths",
     )
+    return pool
 
 
 async def fetch_events(

@@ -271,3 +271,26 @@ def test_analytics_draws_throughput_and_the_distribution_of_completion_times(
     page.wait_for_selector("#failure-reasons >> text=codec")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-analytics.png"), full_page=True)
+
+
+def test_a_new_sessions_first_event_is_not_lost_while_the_list_is_read_again(
+    browser: Any, server: LiveServer
+) -> None:
+    """Events of sessions the list does not know arrive while it reads the list again (made
+    slow here): each session's first event still shows, none is left "waiting"."""
+    page = signed_in_page(browser, server.base_url, role="admin")
+    page.wait_for_selector("#live.on")
+
+    def slow_list(route: Any) -> None:
+        time.sleep(1.0)  # the list answers late; events keep coming meanwhile
+        route.continue_()
+
+    page.route("**/api/sessions?limit=50", slow_list)
+    with server.client() as client:
+        first = create_session(client, patient_id="race-1")
+        append(client, first, {"status": "uploaded", "progress": 1})
+        time.sleep(0.3)  # the page is reading the list again now
+        second = create_session(client, patient_id="race-2")
+        append(client, second, {"status": "queued", "progress": 2})
+    page.wait_for_selector(f"tr[data-session='{first}'] >> text=uploaded", timeout=15_000)
+    page.wait_for_selector(f"tr[data-session='{second}'] >> text=queued", timeout=15_000)

@@ -90,7 +90,8 @@ async def list_sessions(
     """The newest sessions the caller may read, each with its current state."""
     id_range = None if id_prefix is None else uuid_prefix_range(id_prefix)
     if id_prefix is not None and id_range is None:
-        raise BadRequest("id_prefix must be up to 32 hex digits of a session id")
+        # Dashes only, or more than 32 digits: no session id starts like that.
+        return JSONResponse({"sessions": []})
     found = await runtime.sessions.recent(limit, **reader_scope(principal), id_range=id_range)
     return JSONResponse(
         {
