@@ -47,7 +47,8 @@ class TooManyRequests(LedgerError):
 
 
 class Unavailable(LedgerError):
-    """The database cannot be reached right now; the request changed nothing and may be retried."""
+    """The database cannot be reached (or the server is stopping) right now. Retry after a
+    moment; an append with the same Idempotency-Key, since it may have been stored."""
 
     status_code = 503
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import logging
 from collections.abc import Callable
 
@@ -20,12 +19,8 @@ log = logging.getLogger(__name__)
 
 def malloc_trim() -> Callable[[], int] | None:
     """glibc's ``malloc_trim(0)``, or None where there is none."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
     try:
-        libc = ctypes.CDLL(name)
-        trim = libc.malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim  # the process's own libc, already loaded
     except (OSError, AttributeError):
         return None
     trim.argtypes = [ctypes.c_size_t]

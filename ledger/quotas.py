@@ -65,8 +65,9 @@ class Quotas:
         if not rate:
             return
         now = self.clock()
-        tokens, then = self._buckets.get(subject, (rate, now))
-        tokens = min(rate, tokens + (now - then) * rate)
+        capacity = max(rate, 1.0)  # a second's worth, and at least one append
+        tokens, then = self._buckets.get(subject, (capacity, now))
+        tokens = min(capacity, tokens + (now - then) * rate)
         if tokens < 1:
             metrics.LIMITED.labels("appends").inc()
             raise TooManyRequests(

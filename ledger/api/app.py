@@ -42,6 +42,11 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     lean.install(app, LEAN)
     dashboard.install(app)
     docs.install(app)
+    app.add_middleware(StrictJson)  # inside the limit: it reads the buffered body
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_seconds
+    )
+    # Outside the body checks, so that their refusals (413, 408, 422) carry CORS headers.
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -55,11 +60,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
                 "If-Match",
                 "Last-Event-ID",
             ],
-            expose_headers=["ETag", "Idempotent-Replayed", "Location"],
+            expose_headers=["ETag", "Idempotent-Replayed", "Location", "Retry-After"],
         )
-    app.add_middleware(StrictJson)  # inside the limit: it reads the buffered body
-    app.add_middleware(
-        BodyLimit, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_seconds
-    )
     app.add_middleware(Observe)
     return app

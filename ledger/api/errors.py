@@ -22,6 +22,8 @@ async def ledger_error_handler(request: Request, exc: Exception) -> JSONResponse
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
     if isinstance(exc, TooManyRequests):
         headers = {"Retry-After": str(exc.retry_after)}
+    elif isinstance(exc, Unavailable):
+        headers = {"Retry-After": "1"}
     detail: object = exc.detail
     if exc.status_code == 422:
         # Same shape as FastAPI's own validation errors, so a 422 is always one schema.

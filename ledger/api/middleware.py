@@ -138,7 +138,10 @@ class StrictJson:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        content_type = dict(scope["headers"]).get(b"content-type", b"")
+        # The first Content-Type, as Starlette (and so the routes) reads it.
+        content_type = next(
+            (value for name, value in scope["headers"] if name == b"content-type"), b""
+        )
         if not content_type.split(b";")[0].strip().lower().endswith(b"json"):
             await self.app(scope, receive, send)
             return

@@ -38,7 +38,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0  # received since the head began
         self._head_size = 0  # of the request line and headers parsed so far
-        self._in_head = True  # a new connection owes a request head
+        self._in_head = True  # awaiting a request head (a new connection owes one)
+        self._message_done = True  # the current request's body has been read to its end
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -56,11 +57,18 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if self._in_head and self._head_bytes > self.max_header_bytes:
             self._refuse(431, "Request Header Fields Too Large")
 
+    def _responding(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
     def on_message_begin(self) -> None:
+        if self.transport.is_closing():
+            return  # pipelined behind a refusal: not served
         super().on_message_begin()
         self._in_head = True
+        self._message_done = False
         self._head_size = 0
-        self._arm()
+        if not self._responding():  # a pipelined head waits for the response before it
+            self._arm()
 
     def on_url(self, url: bytes) -> None:
         self._head_size += len(url)
@@ -71,6 +79,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        if self.transport.is_closing():
+            return
         self._in_head = False
         self._head_bytes = 0
         self._disarm()
@@ -84,8 +94,21 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._message_done = True
         if not self.transport.is_closing():
             super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self._message_done and not self.transport.is_closing():
+            # Answered before its body ended (a GET with a body the app never read): the
+            # rest could trickle in forever, so the connection ends here.
+            self.transport.close()
+            return
+        self._in_head = True  # the next bytes are a new head: count them from the first
+        self._head_bytes = 0
+        if self._head_size and self._head_timer is None:
+            self._arm()  # a pipelined head began while the response went out
 
     def handle_websocket_upgrade(self) -> None:
         if not self.transport.is_closing():  # refused above
@@ -109,9 +132,11 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, reason: str) -> None:
         self._disarm()
-        if not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if not self._responding():  # never in the middle of another response
             self.transport.write(_refusal(status, reason))
-            self.transport.close()
+        self.transport.close()
 
 
 class AnsweringWebSocketProtocol(WebSocketsSansIOProtocol):

@@ -21,6 +21,7 @@ from ledger.domain import CarePair, VersionRange
 from ledger.errors import Unavailable
 from ledger.live.sources import Assignments, SessionEvents
 from ledger.live.subscription import Subscription
+from ledger.storage.database import DATABASE_ERRORS
 from ledger.storage.notifications import Unreadable
 from ledger.wire import Encoded
 
@@ -163,7 +164,10 @@ class Hub:
             except Exception as exc:
                 # Whatever this batch held is still in the table: its readers go there. A
                 # lost database (a restart, a failover) is expected, not a bug: one line.
-                log.warning("fan-out read failed (%s); its subscribers read the table", exc)
+                if isinstance(exc, DATABASE_ERRORS):
+                    log.warning("fan-out read failed (%s); its subscribers read the table", exc)
+                else:
+                    log.exception("fan-out failed; the subscribers concerned read the table")
                 for wanted_range in ranges:
                     for sub in self._sessions.get(wanted_range.session_id, ()):
                         sub.catch_up()

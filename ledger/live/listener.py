@@ -16,6 +16,7 @@ import psycopg
 from ledger import metrics
 from ledger.live.hub import Hub
 from ledger.storage.notifications import ACCESS_CHANNEL, EVENTS_CHANNEL, read_events, read_removal
+from ledger.storage.pool import CONNECTION_OPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,7 @@ class Listener:
                     self.url,
                     autocommit=True,
                     application_name=LISTENER_NAME,
-                    # A peer that vanished without closing TCP is noticed in seconds.
-                    keepalives=1,
-                    keepalives_idle=10,
-                    keepalives_interval=5,
-                    keepalives_count=3,
+                    **CONNECTION_OPTIONS,
                 ) as conn:
                     await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
                     await conn.execute(f"LISTEN {ACCESS_CHANNEL}")

@@ -18,6 +18,7 @@ from ledger import metrics
 from ledger.database_url import libpq_url, sqlalchemy_url, where
 from ledger.errors import SetupError
 from ledger.settings import Settings
+from ledger.storage.pool import CONNECTION_OPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ def create_engine(libpq: str, *, pool_size: int, pool_timeout: float = 30.0) -> 
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=pool_timeout,
+        connect_args=dict(CONNECTION_OPTIONS),
         pool_pre_ping=True,
         pool_recycle=1800,
     )

@@ -7,6 +7,7 @@ own transaction, with no BEGIN and COMMIT round trips.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import select
 from collections.abc import Sequence
@@ -21,6 +22,16 @@ from ledger.domain import Event
 from ledger.storage.tables import event_from_row
 
 Pool = AsyncConnectionPool[AsyncConnection[Any]]
+
+# A server that vanished without closing TCP (a host gone, a network cut) is noticed in
+# seconds, not after the kernel's 15 minutes; a connection attempt gives up in 5 s.
+CONNECTION_OPTIONS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
 
 
 def load_json(data: bytes | bytearray | str) -> Any:
@@ -55,17 +66,20 @@ def create_pool(url: str, *, size: int, timeout: float = 30.0) -> Pool:
     """A pool that is not open yet (``await pool.open()``); a request waits ``timeout``
     seconds for a connection, then gets PoolTimeout (a 503)."""
     pool: Pool | None = None
+    purging: set[asyncio.Task[None]] = set()
 
     async def check(conn: AsyncConnection[Any]) -> None:
         try:
             await still_open(conn)
         except Exception:
             # The server dropped this one, so it likely dropped the others (a restart, a
-            # failover, pg_terminate_backend): check them all now. Otherwise the checkout
-            # meets them one by one, waiting psycopg's growing backoff after each (1, 2,
-            # 4 s...), and a healthy database answers 503s for seconds.
-            if pool is not None:
-                await pool.check()
+            # failover, pg_terminate_backend): check them all now, in the background.
+            # Otherwise the checkout meets them one by one, waiting psycopg's growing
+            # backoff after each (1, 2, 4 s...): 503s for seconds from a healthy database.
+            if pool is not None and not purging:
+                task = asyncio.create_task(pool.check(), name="ledger-pool-check")
+                purging.add(task)
+                task.add_done_callback(purging.discard)
             raise
 
     pool = AsyncConnectionPool(
@@ -74,7 +88,7 @@ def create_pool(url: str, *, size: int, timeout: float = 30.0) -> Pool:
         max_size=size,
         timeout=timeout,
         open=False,
-        kwargs={"autocommit": True},
+        kwargs={"autocommit": True, **CONNECTION_OPTIONS},
         check=check,
         configure=configure,
         name="ledger-hot-paths",

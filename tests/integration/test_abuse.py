@@ -146,3 +146,34 @@ def test_a_body_that_never_ends_is_408_and_stores_nothing(
     with exposed.client() as client:  # the server is fine
         listed = client.get("/api/sessions", headers=auth("admin"))
         assert listed.status_code == 200
+
+
+def test_a_body_nobody_reads_does_not_hold_the_connection(exposed: LiveServer) -> None:
+    """A GET answered before its body ended: the rest could trickle in forever."""
+    with socket.create_connection(("127.0.0.1", exposed.port), timeout=10) as conn:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nx")
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 200")  # answered, then closed (recv ended)
+
+
+def test_requests_pipelined_behind_a_refused_head_are_not_served(exposed: LiveServer) -> None:
+    huge = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n"
+    after = b"GET /api/sessions HTTP/1.1\r\nHost: x\r\n\r\n"
+    reply = answer(exposed, huge + after)
+    assert status(reply) == 431
+    assert reply.count(b"HTTP/1.1") == 1
+
+
+def test_a_second_content_type_does_not_hide_a_duplicate_key(exposed: LiveServer) -> None:
+    with exposed.client() as client:
+        session_id = create_session(client)
+    body = b'{"status": "queued", "status": "processed"}'
+    request = (
+        f"POST /api/sessions/{session_id}/events HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {token('service', 'dup')}\r\n"
+        "Content-Type: application/json\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    assert status(answer(exposed, request)) == 422

@@ -56,3 +56,14 @@ def test_zero_turns_the_limits_off() -> None:
     with quotas.stream("p"), quotas.stream("p"), quotas.stream("p"):
         for _ in range(1000):
             quotas.append("p")
+
+
+def test_a_rate_below_one_still_lets_an_append_through_now_and_then() -> None:
+    clock = Clock()
+    quotas = Quotas(streams_per_subject=0, appends_per_second=0.5, clock=clock)
+    quotas.append("svc")
+    with pytest.raises(TooManyRequests) as refused:
+        quotas.append("svc")
+    assert refused.value.retry_after == 2
+    clock.now += 2
+    quotas.append("svc")

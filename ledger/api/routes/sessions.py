@@ -136,7 +136,7 @@ def _expected_version(if_match: str | None, in_body: int | None) -> int | None:
     "/{session_id}/events",
     status_code=201,
     response_model=list[EventOut],
-    responses=error_responses(400, 401, 403, 404, 409, 413, 429),
+    responses=error_responses(400, 401, 403, 404, 408, 409, 413, 429, 503),
 )
 async def append_events(
     session_id: UUID,
