@@ -33,7 +33,8 @@ from tests.support import (
 )
 
 
-def test_workers_share_a_port_each_with_one_listener(database_url: str, tmp_path: Path) -> None:
+def serve_two_workers(database_url: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """``ledger serve --workers 2`` on a free port, logging to ``workers.log``."""
     port = free_port()
     env = {
         **os.environ,
@@ -48,6 +49,11 @@ def test_workers_share_a_port_each_with_one_listener(database_url: str, tmp_path
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    return parent, port
+
+
+def test_workers_share_a_port_each_with_one_listener(database_url: str, tmp_path: Path) -> None:
+    parent, port = serve_two_workers(database_url, tmp_path)
     base = f"http://127.0.0.1:{port}"
     try:
         assert wait_until(lambda: backends(database_url, LISTENER_NAME) == 2, timeout=30)
@@ -78,20 +84,7 @@ def test_a_killed_worker_is_replaced_while_the_other_serves(
     """SIGKILL one of two workers under load: the port stays open, every request is
     answered by the survivor meanwhile, and a new worker (with its own listener) takes the
     dead one's place."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "LEDGER_DATABASE_URL": database_url,
-        "LEDGER_JWT_SECRET": JWT_SECRET,
-        "LEDGER_DATA_DIR": str(tmp_path),
-    }
-    log = (tmp_path / "workers.log").open("wb")
-    parent = subprocess.Popen(
-        [sys.executable, "-m", "ledger", "serve", "--workers", "2", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    parent, port = serve_two_workers(database_url, tmp_path)
     base = f"http://127.0.0.1:{port}"
     try:
         assert wait_until(lambda: backends(database_url, LISTENER_NAME) == 2, timeout=30)

@@ -24,7 +24,7 @@ from ledger.api.deps import (
     get_runtime,
     streamable_session,
 )
-from ledger.api.lean import Decline, Lean, path_uuid
+from ledger.api.lean import Decline, Find, Lean, path_uuid
 from ledger.api.schemas import error_responses
 from ledger.api.sse import FeedResponse
 from ledger.auth import Principal, Role, require_read_all
@@ -277,29 +277,25 @@ async def _stream_principal(request: Request, found: dict[str, Any]) -> Principa
     return await authenticate_stream(request, found["runtime"])
 
 
+# What both SSE routes take: the cursors (which decline first), the token, the caller.
+STREAM_FINDERS: dict[str, Find] = {
+    "last_event_id": _cursor_query,
+    "last_event_id_header": _cursor_header,
+    "access_token": lambda request, found: request.query_params.get("access_token"),
+    "runtime": lambda request, found: get_runtime(request),
+    "principal": _stream_principal,
+}
+
 LEAN = [
     Lean(
         session_stream,
         {
-            "last_event_id": _cursor_query,
-            "last_event_id_header": _cursor_header,
-            "access_token": lambda request, found: request.query_params.get("access_token"),
-            "runtime": lambda request, found: get_runtime(request),
-            "principal": _stream_principal,
+            **STREAM_FINDERS,
             # FastAPI too resolves the principal before it validates the path.
             "session": lambda request, found: streamable_session(
                 path_uuid(request, "session_id"), found["runtime"], found["principal"]
             ),
         },
     ),
-    Lean(
-        global_stream,
-        {
-            "last_event_id": _cursor_query,
-            "last_event_id_header": _cursor_header,
-            "access_token": lambda request, found: request.query_params.get("access_token"),
-            "runtime": lambda request, found: get_runtime(request),
-            "principal": _stream_principal,
-        },
-    ),
+    Lean(global_stream, STREAM_FINDERS),
 ]
