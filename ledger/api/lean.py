@@ -34,7 +34,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ledger.api.middleware import replaying
+from ledger.api.middleware import PARSED_JSON, replaying
 
 CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 
@@ -107,6 +107,9 @@ async def json_body(request: Request) -> Any:
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != "application/json":
         raise Decline
+    parsed = request.scope.get(PARSED_JSON)
+    if parsed is not None:
+        return parsed  # StrictJson parsed it already (and refused duplicate keys)
     body = await request.body()
     if not body:
         raise Decline

@@ -111,16 +111,26 @@ def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
-def duplicate_key(body: bytes) -> str | None:
-    """The first key that a JSON object of ``body`` names twice, if any (other JSON
-    problems are left to the route, which answers them as it always has)."""
+# One decoder, built once (json.loads with a hook builds one per call).
+_STRICT = json.JSONDecoder(object_pairs_hook=_refuse_duplicates)
+# Where the parsed body is left for the route (the lean append reads it from there).
+PARSED_JSON = "ledger.parsed_json"
+
+
+def parse_strict(body: bytes) -> tuple[Any, str | None]:
+    """``(value, None)`` for a JSON body, ``(None, key)`` when an object names ``key``
+    twice, ``(None, None)`` when it is not JSON (the route answers that as it always has)."""
     try:
-        json.loads(body, object_pairs_hook=_refuse_duplicates)
+        return _STRICT.decode(body.decode()), None
     except _DuplicateKey as twice:
-        return str(twice)
-    except (ValueError, RecursionError):
-        return None
-    return None
+        return None, str(twice)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep
+        return None, None
+
+
+def duplicate_key(body: bytes) -> str | None:
+    """The first key that a JSON object of ``body`` names twice, if any."""
+    return parse_strict(body)[1]
 
 
 class StrictJson:
@@ -147,8 +157,10 @@ class StrictJson:
             return
         message = await receive()
         body = message.get("body", b"")  # whole: BodyLimit buffered it
-        twice = duplicate_key(body) if b'"' in body else None
+        value, twice = parse_strict(body) if body else (None, None)
         if twice is None:
+            if value is not None:
+                scope[PARSED_JSON] = value  # parsed once, for a lean route
             await self.app(scope, replaying(body, receive), send)
             return
         detail = [

@@ -37,9 +37,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0  # received since the head began
-        self._head_size = 0  # of the request line and headers parsed so far
-        self._in_head = True  # awaiting a request head (a new connection owes one)
-        self._message_done = True  # the current request's body has been read to its end
+        self._head_size = 0  # of the request line and headers
+        self._in_head = True  # the bytes arriving now belong to a head (a new connection's)
+        self._head_open = False  # a head has begun and not yet ended
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -65,25 +65,19 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             return  # pipelined behind a refusal: not served
         super().on_message_begin()
         self._in_head = True
-        self._message_done = False
-        self._head_size = 0
+        self._head_open = True
         if not self._responding():  # a pipelined head waits for the response before it
             self._arm()
-
-    def on_url(self, url: bytes) -> None:
-        self._head_size += len(url)
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_size += len(name) + len(value) + 4
-        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         if self.transport.is_closing():
             return
         self._in_head = False
+        self._head_open = False
         self._head_bytes = 0
         self._disarm()
+        # The head's size from what the parser collected: no Python call per header.
+        self._head_size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
         if self._head_size > self.max_header_bytes:
             self._refuse(431, "Request Header Fields Too Large")
             return  # no request cycle: the app never sees it
@@ -94,21 +88,24 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        self._message_done = True
         if not self.transport.is_closing():
             super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        answered = self.cycle
         super().on_response_complete()
-        if not self._message_done and not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if answered is not None and answered.more_body:
             # Answered before its body ended (a GET with a body the app never read): the
             # rest could trickle in forever, so the connection ends here.
             self.transport.close()
             return
-        self._in_head = True  # the next bytes are a new head: count them from the first
-        self._head_bytes = 0
-        if self._head_size and self._head_timer is None:
-            self._arm()  # a pipelined head began while the response went out
+        if self._head_open:
+            self._arm()  # a head began while the response went out: its time starts now
+        elif not self.pipeline:
+            self._in_head = True  # the next bytes are a new head: count them from the first
+            self._head_bytes = 0
 
     def handle_websocket_upgrade(self) -> None:
         if not self.transport.is_closing():  # refused above
