@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install install-dev run test test-unit lint format bench clean
+.PHONY: install install-dev run test test-unit lint format bench soak clean
 
 install: $(RUN_STAMP)
 install-dev: $(DEV_STAMP)
@@ -48,6 +48,11 @@ bench: install-dev
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-nchan >/dev/null || \
 		echo "could not install nginx + Nchan: the comparison will be skipped"
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+# 10,000 resuming streams over 1,000 sessions under appends, a fault halfway, an exact count
+# (SOAK_ARGS: --seconds, --fault kill-worker|drop-connections|none, ...).
+soak: install-dev
+	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)
 
 format: install-dev
 	$(BIN)/ruff check --fix .

@@ -49,14 +49,17 @@ class Http:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def call(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+    async def call(
+        self, method: str, path: str, body: bytes = b"", extra: str = ""
+    ) -> tuple[int, bytes]:
+        """``extra``: more header lines, each ending in CRLF."""
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
         head = (
             f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
             f"Authorization: Bearer {self.token}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            f"{extra}Content-Length: {len(body)}\r\n\r\n"
         )
         self.writer.write(head.encode() + body)
         status_line = await self.reader.readline()
@@ -72,21 +75,35 @@ class Http:
                 closing = True  # nginx ends a keep-alive connection after 1,000 requests
         payload = await self.reader.readexactly(length)
         if closing:
-            self.writer.close()
-            self.reader = self.writer = None
+            self.close()
         return int(status_line.split()[1]), payload
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+class Refused(Exception):
+    """A stream was answered with something other than 200."""
 
 
 async def open_stream(
-    host: str, port: int, path: str, token: str
+    host: str, port: int, path: str, token: str, extra: str = ""
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """``extra``: more header lines, each ending in CRLF. Raises ``Refused`` unless 200."""
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(
         f"GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: text/event-stream\r\n"
-        f"Authorization: Bearer {token}\r\n\r\n".encode()
+        f"Authorization: Bearer {token}\r\n{extra}\r\n".encode()
     )
+    status_line = await reader.readline()
     while (await reader.readline()) not in (b"\r\n", b""):
         pass  # headers
+    status = status_line.split()[1:2]
+    if status != [b"200"]:
+        writer.close()
+        raise Refused(status_line.decode(errors="replace").strip() or "connection closed")
     return reader, writer
 
 
@@ -274,8 +291,11 @@ def main(argv: list[str]) -> int:
         pass
     before = cpu_seconds()
     started = time.monotonic()
+    from benchmarks.soak_load import soak  # it builds on this module's clients
+
     runners: dict[str, Any] = {
         "appends": appends,
+        "soak": soak,
         "idle": idle,
         "latency": latency,
         "replay": replay,

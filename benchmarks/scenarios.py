@@ -8,6 +8,7 @@ several runs; nothing here is asserted by the test suite.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -17,7 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -614,8 +615,9 @@ def print_table(results: list[Figure], info: dict[str, Any]) -> None:
     Console().print(table)
 
 
-def run(settings: Settings, *, quick: bool, output: Path) -> int:
-    events = 100_000 if quick else 1_000_000
+@contextlib.contextmanager
+def bench_database(settings: Settings) -> Iterator[str]:
+    """A fresh, migrated database on the configured server, dropped afterwards."""
     server_url = resolve_database_url(settings)
     name = f"ledger_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server_url, autocommit=True) as admin:
@@ -623,44 +625,61 @@ def run(settings: Settings, *, quick: bool, output: Path) -> int:
     url = libpq_url(sqlalchemy_url(server_url).set(database=name))
     try:
         upgrade(url)
-        console.print(f"seeding {events:,} events …")
-        started = time.perf_counter()
-        seed(url, events)
-        console.print(f"seeded in {time.perf_counter() - started:.1f} s")
-        raise_fd_limit()  # thousands of streams, in the server process too
-        with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
-            # As deployed: one worker per core, each with its own LISTEN connection.
-            server = ServerProcess(
-                url,
-                Path(tmp),
-                # One load generator is one subject: the per-subject limits would measure
-                # themselves.
-                env={
-                    "LEDGER_JWT_SECRET": SECRET,
-                    "LEDGER_MAX_STREAMS_PER_SUBJECT": "0",
-                    "LEDGER_MAX_APPENDS_PER_SECOND_PER_SUBJECT": "0",
-                },
-                options=server_options(),
-            ).start()
-            try:
-                results = analytics_figures(server, url, events)
-                results += streaming_figures(server, url, bench_token(), quick)
-            finally:
-                server.stop()
+        yield url
     finally:
         with psycopg.connect(server_url, autocommit=True) as admin:
             admin.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+def bench_server(url: str, data_dir: Path, env: dict[str, str] | None = None) -> ServerProcess:
+    """As deployed: one worker per core, each with its own LISTEN connection.
+
+    One load generator is one subject: the per-subject limits would measure themselves.
+    """
+    raise_fd_limit()  # thousands of streams, in the server process too
+    return ServerProcess(
+        url,
+        data_dir,
+        env={
+            "LEDGER_JWT_SECRET": SECRET,
+            "LEDGER_MAX_STREAMS_PER_SUBJECT": "0",
+            "LEDGER_MAX_APPENDS_PER_SECOND_PER_SUBJECT": "0",
+            **(env or {}),
+        },
+        options=server_options(),
+    )
+
+
+def write_report(output: Path, quick: bool, results: list[Figure], **more: Any) -> None:
     info = machine()
     report = {
         "ran_at": datetime.now(UTC).isoformat(),
         "quick": quick,
         "machine": info,
         "server_workers": WORKERS,
+        **more,
         "results": [asdict(f) for f in results],
     }
     output.write_text(json.dumps(report, indent=2) + "\n")
     print_table(results, info)
     console.print(f"written to {output}")
+
+
+def run(settings: Settings, *, quick: bool, output: Path) -> int:
+    events = 100_000 if quick else 1_000_000
+    with bench_database(settings) as url:
+        console.print(f"seeding {events:,} events …")
+        started = time.perf_counter()
+        seed(url, events)
+        console.print(f"seeded in {time.perf_counter() - started:.1f} s")
+        with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
+            server = bench_server(url, Path(tmp)).start()
+            try:
+                results = analytics_figures(server, url, events)
+                results += streaming_figures(server, url, bench_token(), quick)
+            finally:
+                server.stop()
+    write_report(output, quick, results)
     return 0
