@@ -50,3 +50,14 @@ REQUEST_SECONDS = Histogram(
     ["method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+TREE_SIZE = Gauge(
+    "ledger_merkle_tree_size",
+    "Leaves in the Merkle tree as this process last grew or read it",
+    multiprocess_mode="max",
+)
+CHECKPOINTS_SIGNED = Counter("ledger_checkpoints_signed_total", "Checkpoints signed and stored")
+CHECKPOINT_REFUSALS = Counter(
+    "ledger_checkpoint_refusals_total",
+    "Rounds in which the stored tree did not extend an earlier checkpoint: nothing was signed",
+)

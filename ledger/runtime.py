@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.auth import TokenVerifier, load_keys
+from ledger.checkpointer import Checkpointer
 from ledger.live.hub import Hub
 from ledger.live.listener import Listener
 from ledger.memory import trim_every
@@ -21,11 +22,15 @@ from ledger.settings import Settings
 from ledger.storage import database
 from ledger.storage.appends import Appender
 from ledger.storage.care import CareAssignments
+from ledger.storage.checkpoints import Checkpoints
 from ledger.storage.global_order import GlobalOrder
 from ledger.storage.history import History
 from ledger.storage.pool import create_pool
 from ledger.storage.reporting import Reporting
 from ledger.storage.sessions import Sessions
+from ledger.storage.tree import Tree
+from ledger.transparency.note import Verifier
+from ledger.transparency.signing_key import load_signing_key, verifier_of
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,10 @@ class Runtime:
     quotas: Quotas
     hub: Hub
     listener: Listener
+    tree: Tree
+    checkpoints: Checkpoints
+    # None when checkpoints are turned off (LEDGER_CHECKPOINT_SECONDS=0).
+    checkpoint_verifier: Verifier | None
     engine: AsyncEngine = field(repr=False)
 
     async def database_answers(self) -> bool:
@@ -86,6 +95,17 @@ async def running(settings: Settings, url: str | None = None) -> AsyncIterator[R
         if settings.memory_trim_seconds:
             trimming = asyncio.create_task(trim_every(settings.memory_trim_seconds))
             stack.callback(trimming.cancel)
+        checkpoint_verifier = None
+        if settings.checkpoint_seconds:
+            key = load_signing_key(settings, create=True)
+            assert key is not None  # created if missing
+            checkpoint_verifier = verifier_of(settings, key)
+            log.info("checkpoints are signed; verifier key: %s", checkpoint_verifier.line())
+            checkpointer = Checkpointer(
+                engine, key, checkpoint_verifier, settings.checkpoint_seconds
+            )
+            signing = asyncio.create_task(checkpointer.run(), name="ledger-checkpointer")
+            stack.callback(signing.cancel)
         if not await listener.wait_listening(LISTENER_START_SECONDS):
             log.warning("the LISTEN connection is not up yet; /readyz reports it")
         yield Runtime(
@@ -103,5 +123,8 @@ async def running(settings: Settings, url: str | None = None) -> AsyncIterator[R
             ),
             hub=hub,
             listener=listener,
+            tree=Tree(engine),
+            checkpoints=Checkpoints(engine),
+            checkpoint_verifier=checkpoint_verifier,
             engine=engine,
         )

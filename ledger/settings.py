@@ -15,7 +15,14 @@ from ledger.database_url import sqlalchemy_url
 DATA_DIR_NAME = ".ledger"
 # Never echoed back in an error message.
 SECRET_FIELDS = frozenset(
-    {"database_url", "test_database_url", "jwt_secret", "jwt_private_key", "jwt_public_key"}
+    {
+        "database_url",
+        "test_database_url",
+        "jwt_secret",
+        "jwt_private_key",
+        "jwt_public_key",
+        "checkpoint_key",
+    }
 )
 
 
@@ -102,6 +109,14 @@ class Settings(BaseSettings):
     memory_trim_seconds: float = Field(default=30.0, ge=0)
     # How long the listener waits in silence before probing its connection.
     listener_probe_seconds: float = Field(default=5.0, gt=0)
+
+    # Signed checkpoints (design, section 9): the Ed25519 signing key in PEM (PKCS#8);
+    # unset, one is generated once under the data directory. Never in the database.
+    checkpoint_key: str | None = None
+    # The checkpoints' origin line, which is also the key's name.
+    checkpoint_origin: str = Field(default="ledger", min_length=1, max_length=200)
+    # A new checkpoint at most this often once the tree has grown (0: no tree, no signing).
+    checkpoint_seconds: float = Field(default=10.0, ge=0)
 
     @field_validator("database_url", "test_database_url")
     @classmethod

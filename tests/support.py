@@ -355,3 +355,12 @@ def backends(database_url: str, application_name: str | None = None) -> int:
         row = conn.execute(query, params).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def signed_size(server: LiveServer) -> int:
+    """The tree size of the server's latest signed checkpoint (0 before the first)."""
+    response = httpx.get(f"{server.base_url}/api/checkpoint", headers=auth("auditor"), timeout=10)
+    if response.status_code == 404:
+        return 0
+    assert response.status_code == 200, response.text
+    return int(response.text.split("\n")[1])

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import IO
 
 from ledger.auth import Role, TokenVerifier, load_keys
+from ledger.cli.audit import Server, UsageError
 from ledger.cli.serve import serve_command
 from ledger.errors import SetupError
 from ledger.settings import describe, get_settings
@@ -32,9 +33,45 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    if args.export is not None:
+        from ledger.cli.audit import find_verifier, verify_export
+
+        if args.checkpoint is None:
+            raise UsageError(
+                "--export needs --checkpoint (the kept checkpoint to check it against)"
+            )
+        if args.session is not None:
+            raise UsageError("--export checks the whole global export: leave out --session")
+        settings = get_settings()
+        server = _server(args) if args.key is None else None
+        return verify_export(
+            args.export, args.checkpoint, find_verifier(settings, args.key, server)
+        )
+    if args.checkpoint is not None:
+        raise UsageError("--checkpoint goes with --export (an NDJSON export of the ledger)")
     from ledger.cli.offline import verify
 
     return asyncio.run(verify(get_settings(), args.session))
+
+
+def _server(args: argparse.Namespace) -> Server:
+    from ledger.cli.audit import Server
+
+    return Server(_base_url(args), _token_for(args, Role.AUDITOR, "auditor"))
+
+
+def _checkpoint_fetch(args: argparse.Namespace) -> int:
+    from ledger.cli.audit import fetch, find_verifier
+
+    server = _server(args)
+    return fetch(server, find_verifier(get_settings(), args.key, server), args.output)
+
+
+def _checkpoint_verify(args: argparse.Namespace) -> int:
+    from ledger.cli.audit import find_verifier, verify_kept
+
+    server = _server(args)
+    return verify_kept(server, find_verifier(get_settings(), args.key, server), args.files)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -112,6 +149,12 @@ def _timestamp(value: str) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
+KEY_HELP = (
+    "the verifier key (name+keyid+base64), or a file holding it; default: the configured"
+    " signing key's public half, else the key the server publishes"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ledger", description="An event-sourced progress ledger with live streams."
@@ -138,12 +181,38 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(run=_token)
 
     verify = commands.add_parser(
-        "verify", help="recompute the hash chains; exit 1 if any is broken"
+        "verify",
+        help="recompute the hash chains (in the database, or offline in an export against a"
+        " kept checkpoint); exit 1 if anything differs",
     )
     verify.add_argument(
         "--session", default=None, help="only this session (its id, or the start of it)"
     )
+    verify.add_argument(
+        "--export", default=None, help="an NDJSON export of the whole ledger: checked offline"
+    )
+    verify.add_argument("--checkpoint", default=None, help="a kept checkpoint (with --export)")
+    verify.add_argument("--key", default=None, help=KEY_HELP)
+    verify.add_argument("--url", default=None, help=argparse.SUPPRESS)
+    verify.add_argument("--token", default=None, help=argparse.SUPPRESS)
     verify.set_defaults(run=_verify)
+
+    checkpoint = commands.add_parser(
+        "checkpoint", help="keep signed checkpoints and check kept ones against the server"
+    )
+    actions = checkpoint.add_subparsers(dest="action", required=True)
+    fetch = actions.add_parser("fetch", help="keep the latest checkpoint (signature checked)")
+    fetch.add_argument("-o", "--output", default=None, help="a file (default: stdout)")
+    verify_kept = actions.add_parser(
+        "verify",
+        help="check kept checkpoints' signatures, and that the server's latest extends each",
+    )
+    verify_kept.add_argument("files", nargs="+", metavar="FILE", help="kept checkpoints")
+    for action, run in ((fetch, _checkpoint_fetch), (verify_kept, _checkpoint_verify)):
+        action.add_argument("--key", default=None, help=KEY_HELP)
+        action.add_argument("--url", default=None, help="default: http://LEDGER_HOST:LEDGER_PORT")
+        action.add_argument("--token", default=None, help="default: minted with the configured key")
+        action.set_defaults(run=run)
 
     export = commands.add_parser("export", help="export history as NDJSON or CSV")
     export.add_argument(
@@ -213,6 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ledger: interrupted", file=sys.stderr)
         return 130
+    except UsageError as error:
+        print(f"ledger: {error}", file=sys.stderr)
+        return 2
     except Exception as error:
         line = explain(error)
         if line is None:

@@ -26,6 +26,7 @@ from ledger.auth import load_keys
 from ledger.cli.sockets import listening_socket
 from ledger.settings import Settings
 from ledger.storage.database import resolve_database_url, wait_for_database
+from ledger.transparency.signing_key import load_signing_key
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class Supervisor:
         url = resolve_database_url(self.settings)
         wait_for_database(url, self.settings.database_wait_seconds)
         load_keys(self.settings, create=True)  # the development secret, before any worker
+        if self.settings.checkpoint_seconds:  # one checkpoint key for every worker
+            load_signing_key(self.settings, create=True)
         sock = listening_socket(self.host, self.port)
         metrics_dir = tempfile.mkdtemp(prefix="ledger-metrics-")
         env = {

@@ -3,6 +3,7 @@
 // through ledger-client.js.
 import { barChart, duration, STAGES, stageTimeline } from "/static/charts.js";
 import { followAll, LedgerStream, sessionPath } from "/static/ledger-client.js";
+import { latestCheckpoint, proveEvent } from "/static/proofs.js";
 
 const TOKEN_KEY = "ledger.token";
 const main = document.getElementById("main");
@@ -198,7 +199,7 @@ async function sessionsView() {
     await Promise.race([open, new Promise((resolve) => setTimeout(resolve, 3000))]);
     const { again } = await load();
     if (again) reread();
-    main.replaceChildren(card);
+    main.replaceChildren(checkpointCard(), card);
   } else {
     const { sessions } = await load();
     main.replaceChildren(card);
@@ -207,6 +208,33 @@ async function sessionsView() {
     }
     live.show();
   }
+}
+
+// The latest signed checkpoint, for admins and auditors: what they keep to prove the
+// whole ledger later (README, "Auditing").
+function checkpointCard() {
+  const text = el("span", { id: "checkpoint" }, "reading the latest checkpoint…");
+  latestCheckpoint(api, token()).then((latest) => {
+    text.textContent = latest
+      ? `${latest.size} events, root ${latest.root.slice(0, 16)}…, signed ${time(latest.signedAt)}, signature ${latest.signature}`
+      : "no checkpoint signed yet";
+    text.dataset.size = String(latest?.size ?? 0);
+  }, (error) => { text.textContent = `checkpoint unavailable: ${error.message}`; });
+  return el("section", { class: "card" }, el("h2", {}, "Latest checkpoint"), el("p", {}, text));
+}
+
+// One event's inclusion proof, checked in the browser against the latest checkpoint.
+async function proveVersion(id, version, node) {
+  node.textContent = "proving…";
+  const response = await fetch(`/api/sessions/${id}/events?format=ndjson`,
+    { headers: { Authorization: `Bearer ${token()}` } });
+  const record = (await response.text()).split("\n").filter(Boolean).map((line) => JSON.parse(line))
+    .find((event) => event.version === version);
+  const result = record
+    ? await proveEvent(api, token(), record.position, record.hash)
+    : { ok: false, text: "event not found" };
+  node.textContent = result.text;
+  node.className = result.ok ? "ok" : "bad";
 }
 
 // -- one session ------------------------------------------------------------------------
@@ -219,6 +247,7 @@ async function sessionView(id) {
   const rows = el("tbody", { id: "timeline" });
   const picture = el("div", { id: "stage-chart" });
   const events = [];
+  const auditing = ["admin", "auditor"].includes(claims()?.role);
   main.replaceChildren(
     el("section", { class: "card" },
       el("h1", {}, `Session ${id} `, copyButton(id), " ", ...live.nodes),
@@ -227,7 +256,8 @@ async function sessionView(id) {
     el("section", { class: "card" },
       el("h2", {}, "Timeline"),
       el("table", {}, el("thead", {}, el("tr", {},
-        ...["#", "when", "who", "status", "progress", "message"].map((h) => el("th", {}, h)))), rows)));
+        ...["#", "when", "who", "status", "progress", "message", ...(auditing ? ["proof"] : [])]
+          .map((h) => el("th", {}, h)))), rows)));
   const draw = () => picture.replaceChildren(events.length
     ? stageTimeline(events) : el("p", { class: "muted" }, "No events yet."));
   const show = (event) => {
@@ -242,8 +272,14 @@ async function sessionView(id) {
       el("td", {}, event.actor),
       el("td", {}, statusCell(event)),
       el("td", {}, `${event.progress}%`),
-      el("td", { class: event.error ? "error" : "muted" }, event.error ?? event.message ?? "")));
+      el("td", { class: event.error ? "error" : "muted" }, event.error ?? event.message ?? ""),
+      ...(auditing ? [provable(event.version)] : [])));
     draw();
+  };
+  const provable = (version) => {
+    const result = el("span", { id: `proof-${version}`, class: "muted" });
+    const button = el("button", { type: "button", class: "prove", onclick: () => proveVersion(id, version, result) }, "prove");
+    return el("td", {}, button, " ", result);
   };
   const handlers = live.handlers(id);
   const stream = follow(sessionPath(id), {

@@ -11,13 +11,14 @@ back until it ends; nothing is ever skipped (docs/ARCHITECTURE.md, "The global o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import cast, func, literal, select, true, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.sql import Select
+from sqlalchemy.sql import ColumnElement, Select
 from sqlalchemy.types import BigInteger
 
 from ledger.domain import Event
@@ -43,7 +44,10 @@ def recorded_between(start: datetime | None, end: datetime | None) -> list[Any]:
 
 
 def global_selection(
-    after: int, start: datetime | None = None, end: datetime | None = None
+    after: int,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    columns: Sequence[ColumnElement[Any]] = EVENT_COLUMNS,
 ) -> Select[Any]:
     """Events after the cursor ``after`` (a position; 0 is the start), in global order."""
     cursor = (
@@ -57,7 +61,7 @@ def global_selection(
         .subquery()
     )
     return (
-        select(*EVENT_COLUMNS)
+        select(*columns)
         .select_from(events.join(cursor, true()))
         .where(
             tuple_(events.c.tx_id, events.c.position) > tuple_(cursor.c.tx_id, cursor.c.position),

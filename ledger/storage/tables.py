@@ -11,7 +11,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Float, Integer, MetaData, SmallInteger, Table, Text
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    Table,
+    Text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.dialects.postgresql.base import PGDialect
@@ -63,6 +73,32 @@ events = Table(
     Column("recorded_at", DateTime(timezone=True), nullable=False),
     Column("prev_hash", Text, nullable=False),
     Column("hash", Text, nullable=False),
+)
+
+# The Merkle tree over the global order (migration 0003): every perfect subtree's hash
+# (level 0: the leaves), which global position each leaf is, and the signed checkpoints.
+merkle_nodes = Table(
+    "merkle_nodes",
+    metadata,
+    Column("level", SmallInteger, primary_key=True),
+    Column("node_index", BigInteger, primary_key=True),
+    Column("hash", LargeBinary, nullable=False),
+)
+
+merkle_leaves = Table(
+    "merkle_leaves",
+    metadata,
+    Column("leaf_index", BigInteger, primary_key=True),
+    Column("position", BigInteger, nullable=False, unique=True),
+)
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("tree_size", BigInteger, primary_key=True),
+    Column("root_hash", LargeBinary, nullable=False),
+    Column("signed_at", DateTime(timezone=True), nullable=False),
+    Column("note", Text, nullable=False),
 )
 
 # The view of migration 0002 that the stage figures read.

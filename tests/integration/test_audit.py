@@ -19,7 +19,15 @@ import pytest
 from psycopg import sql
 
 from tests.readme import block
-from tests.support import LiveServer, append, auth, create_session, with_database
+from tests.support import (
+    LiveServer,
+    append,
+    auth,
+    create_session,
+    signed_size,
+    wait_until,
+    with_database,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -157,10 +165,14 @@ def test_the_app_role_cannot_rewrite_history(
         apply_grants(db, role)
         app_url = with_database(database_url, db.info.dbname).replace("postgres:@", f"{role}:@", 1)
         app_url = app_url.replace("postgres@", f"{role}@", 1)
-        live = LiveServer(app_url, tmp_path / "app-role").start()
+        live = LiveServer(
+            app_url, tmp_path / "app-role", env={"LEDGER_CHECKPOINT_SECONDS": "0.2"}
+        ).start()
         try:
             session_id = seed(live)  # the app works with exactly these grants
             assert verify_api(live, session_id)["ok"] is True
+            # ... and grows the tree and signs its head with them
+            assert wait_until(lambda: signed_size(live) == 5)
         finally:
             live.stop()
         with psycopg.connect(app_url, autocommit=True) as app:
@@ -174,6 +186,10 @@ def test_the_app_role_cannot_rewrite_history(
                 "TRUNCATE events",
                 "DROP TABLE events",
                 "CREATE TABLE shadow (id int)",
+                "UPDATE merkle_nodes SET hash = sha256('x')",
+                "DELETE FROM merkle_leaves",
+                "TRUNCATE checkpoints",
+                "ALTER TABLE checkpoints DISABLE TRIGGER checkpoints_append_only",
             ):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     app.execute(attack)

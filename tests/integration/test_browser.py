@@ -16,8 +16,10 @@ from tests.support import (
     append,
     append_retrying,
     create_session,
+    signed_size,
     table_versions,
     token,
+    wait_until,
 )
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -294,3 +296,31 @@ def test_a_new_sessions_first_event_is_not_lost_while_the_list_is_read_again(
         append(client, second, {"status": "queued", "progress": 2})
     page.wait_for_selector(f"tr[data-session='{first}'] >> text=uploaded", timeout=15_000)
     page.wait_for_selector(f"tr[data-session='{second}'] >> text=queued", timeout=15_000)
+
+
+def test_an_auditor_sees_the_checkpoint_and_proves_an_event_in_the_browser(
+    browser: Any, server_factory: Callable[..., LiveServer], database_url: str
+) -> None:
+    live = server_factory(LEDGER_CHECKPOINT_SECONDS="0.2")
+    with live.client() as client:
+        session_id = create_session(client, patient_id="audited")
+        body = [{"status": "uploaded"}, {"status": "transcribing", "progress": 40}]
+        assert append(client, session_id, body).status_code == 201
+    assert wait_until(lambda: signed_size(live) == 2)
+    page = signed_in_page(browser, live.base_url)
+    page.wait_for_selector("#checkpoint[data-size='2']")
+    summary = page.text_content("#checkpoint") or ""
+    assert summary.startswith("2 events, root ")
+    assert "signature good" in summary  # Chromium's Web Crypto has Ed25519
+    page.goto(f"{live.base_url}/#/session/{session_id}")
+    page.wait_for_selector("tr[data-version='2']")
+    page.click("tr[data-version='2'] button.prove")
+    page.wait_for_selector("#proof-2.ok")
+    assert "leaf 1 of the checkpoint of 2 events" in (page.text_content("#proof-2") or "")
+    # A patient sees no proofs, and the page does not ask for them.
+    patient = browser.new_page()
+    patient.goto(live.base_url + "/")
+    patient.fill("#token", token("patient", "audited"))
+    patient.click("#sign-in-form button")
+    patient.wait_for_selector("h1:has-text('Sessions')")
+    assert patient.locator("#checkpoint").count() == 0

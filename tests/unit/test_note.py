@@ -52,7 +52,8 @@ def spec_verify(note: str, vkey: str) -> str:
     """c2sp.org/signed-note, written out here: the text if ``vkey`` signed it, else raise."""
     name, hex_id, b64 = vkey.split("+", 2)
     raw = base64.b64decode(b64)
-    assert raw[0] == 0x01 and len(raw) == 33, "Ed25519 verifier keys are 0x01 || 32 bytes"
+    assert raw[0] == 0x01, "Ed25519 verifier keys start with 0x01"
+    assert len(raw) == 33, "and hold 32 bytes of key"
     key_id = hashlib.sha256(name.encode() + b"\x0a" + raw).digest()[:4]
     assert key_id.hex() == hex_id, "the key ID is SHA-256(name || LF || 0x01 || key)[:4]"
     assert note.endswith("\n")

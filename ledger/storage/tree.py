@@ -1,0 +1,183 @@
+"""The Merkle tree's tables: growing the tree behind the global order, reading proofs.
+
+Leaf ``i`` is the ``i``-th event of the commit-safe global order (:mod:`.global_order`),
+its input the event's 32-byte ``hash``. Growing reads the next events after the last
+leaf's position, appends their leaves to the frontier (the O(log n) perfect subtrees of
+the tree so far) and inserts every new perfect node, all in one transaction under an
+advisory lock, so one process at a time grows it and a crash leaves no half-grown tree.
+It never runs inside an append's transaction.
+
+The functions here take a synchronous SQLAlchemy ``Connection``: the migration that builds
+the tree for an existing ledger calls them directly, and the server through
+``AsyncConnection.run_sync``, so one piece of code does both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sqlalchemy import Connection, func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.storage.global_order import global_selection
+from ledger.storage.tables import events, merkle_leaves
+from ledger.transparency.merkle import (
+    Frontier,
+    Node,
+    Range,
+    consistency_ranges,
+    inclusion_ranges,
+    leaf_hash,
+    nodes_needed,
+    range_hash,
+    root_nodes,
+)
+
+# pg_advisory_xact_lock key: "one process grows the tree and signs its head".
+TREE_LOCK = 0x6C656467_74726565  # "ledg" "tree"
+GROW_BATCH = 2000
+
+_TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)").bindparams(key=TREE_LOCK)
+_READ_NODES = text(
+    "SELECT n.level, n.node_index, n.hash FROM merkle_nodes n"
+    " JOIN unnest(CAST(:levels AS smallint[]), CAST(:indexes AS bigint[]))"
+    " AS w(level, node_index) USING (level, node_index)"
+)
+_INSERT_NODES = text(
+    "INSERT INTO merkle_nodes (level, node_index, hash)"
+    " SELECT * FROM unnest(CAST(:levels AS smallint[]), CAST(:indexes AS bigint[]),"
+    " CAST(:hashes AS bytea[]))"
+)
+_INSERT_LEAVES = text(
+    "INSERT INTO merkle_leaves (leaf_index, position)"
+    " SELECT * FROM unnest(CAST(:indexes AS bigint[]), CAST(:positions AS bigint[]))"
+)
+
+
+class TreeDamaged(Exception):
+    """A node the tree must hold is missing: its tables were changed behind its back."""
+
+
+def try_lock(conn: Connection) -> bool:
+    return bool(conn.execute(_TRY_LOCK).scalar())
+
+
+def tree_size(conn: Connection) -> int:
+    size = conn.execute(select(func.max(merkle_leaves.c.leaf_index))).scalar()
+    return 0 if size is None else int(size) + 1
+
+
+def read_nodes(conn: Connection, wanted: Iterable[Node]) -> dict[Node, bytes]:
+    wanted = sorted(set(wanted))
+    if not wanted:
+        return {}
+    rows = conn.execute(
+        _READ_NODES,
+        {"levels": [level for level, _ in wanted], "indexes": [index for _, index in wanted]},
+    )
+    found = {(int(level), int(index)): bytes(digest) for level, index, digest in rows}
+    missing = [node for node in wanted if node not in found]
+    if missing:
+        raise TreeDamaged(f"the tree lacks {len(missing)} of its nodes, first {missing[0]}")
+    return found
+
+
+def hashes_of(conn: Connection, ranges: list[Range]) -> list[bytes]:
+    """MTH of each leaf range, from the stored nodes (one query)."""
+    nodes = read_nodes(conn, nodes_needed(ranges))
+    return [range_hash(start, end, nodes) for start, end in ranges]
+
+
+def root_at(conn: Connection, size: int) -> bytes:
+    return range_hash(0, size, read_nodes(conn, root_nodes(size)))
+
+
+def inclusion_proof(conn: Connection, index: int, size: int) -> list[bytes]:
+    return hashes_of(conn, inclusion_ranges(index, size))
+
+
+def consistency_proof(conn: Connection, first: int, second: int) -> list[bytes]:
+    return hashes_of(conn, consistency_ranges(first, second))
+
+
+def leaf_of(conn: Connection, position: int) -> int | None:
+    """The leaf index of the event at ``position``, if the tree holds it yet."""
+    found = conn.execute(
+        select(merkle_leaves.c.leaf_index).where(merkle_leaves.c.position == position)
+    ).scalar()
+    return None if found is None else int(found)
+
+
+def event_exists(conn: Connection, position: int) -> bool:
+    return (
+        conn.execute(select(events.c.position).where(events.c.position == position)).first()
+        is not None
+    )
+
+
+def extend_tree(conn: Connection, limit: int = GROW_BATCH) -> int:
+    """Append the next ``limit`` events of the global order as leaves; how many were added.
+
+    The caller holds :data:`TREE_LOCK` for the transaction.
+    """
+    size = tree_size(conn)
+    after = 0
+    if size:
+        last = conn.execute(
+            select(merkle_leaves.c.position).where(merkle_leaves.c.leaf_index == size - 1)
+        ).scalar()
+        after = int(last) if last is not None else 0
+    rows = conn.execute(
+        global_selection(after, columns=(events.c.position, events.c.hash)).limit(limit)
+    ).all()
+    if not rows:
+        return 0
+    frontier = Frontier.at(size, read_nodes(conn, root_nodes(size)))
+    levels: list[int] = []
+    indexes: list[int] = []
+    hashes: list[bytes] = []
+    for _position, digest in rows:
+        for level, index, node in frontier.append(leaf_hash(bytes.fromhex(digest))):
+            levels.append(level)
+            indexes.append(index)
+            hashes.append(node)
+    conn.execute(_INSERT_NODES, {"levels": levels, "indexes": indexes, "hashes": hashes})
+    conn.execute(
+        _INSERT_LEAVES,
+        {"indexes": list(range(size, size + len(rows))), "positions": [p for p, _ in rows]},
+    )
+    return len(rows)
+
+
+def build_tree(conn: Connection, progress: Callable[[int], Any] | None = None) -> int:
+    """Grow the tree over everything committed (the migration of an existing ledger)."""
+    added = 0
+    while True:
+        batch = extend_tree(conn, 20 * GROW_BATCH)
+        if not batch:
+            return added
+        added += batch
+        if progress is not None:
+            progress(added)
+
+
+class Tree:
+    """The tree for the server: grown by the checkpointer, read by the proof routes."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def grow(self, limit: int = GROW_BATCH) -> int | None:
+        """Add up to ``limit`` leaves; None when another process holds the lock."""
+        async with self.engine.begin() as conn:
+            if not await conn.run_sync(try_lock):
+                return None
+            return await conn.run_sync(extend_tree, limit)
+
+    async def read(self, work: Callable[[Connection], Any]) -> Any:
+        """Run ``work`` on a connection in one REPEATABLE READ snapshot."""
+        async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                return await conn.run_sync(work)

@@ -1,0 +1,492 @@
+"""Signed checkpoints end to end: real servers, real PostgreSQL, the CLI as a user runs it.
+
+An auditor keeps a checkpoint; later checkpoints must extend it; an export must give its
+root; every way a superuser can rewrite history is named; two processes signing under
+many writers never produce two inconsistent checkpoints.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from alembic import command
+
+from ledger.storage.migrations import alembic_config, upgrade
+from ledger.transparency.merkle import (
+    leaf_hash,
+    tree_root,
+    verify_consistency,
+    verify_inclusion,
+)
+from ledger.transparency.note import Checkpoint
+from tests.support import (
+    DatabaseFactory,
+    LiveServer,
+    append,
+    auth,
+    create_session,
+    signed_size,
+    wait_until,
+)
+
+FAST = {"LEDGER_CHECKPOINT_SECONDS": "0.2"}
+
+
+def ledger(server: LiveServer, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``ledger ARGS`` where the server runs: its data directory holds the signing key."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "ledger", *args],
+        env={
+            **clean,
+            "LEDGER_DATA_DIR": str(server.data_dir),
+            "LEDGER_PORT": str(server.port),
+            "LEDGER_JWT_SECRET": server.base_env()["LEDGER_JWT_SECRET"],
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def fill(server: LiveServer, sessions: int = 3, events: int = 4) -> list[str]:
+    ids = []
+    with server.client() as client:
+        for s in range(sessions):
+            session_id = create_session(client, f"patient-{s}")
+            for i in range(events):
+                body = {"status": "transcribing", "progress": 10 * (i + 1), "data": {"i": i}}
+                assert append(client, session_id, body).status_code == 201
+            ids.append(session_id)
+    return ids
+
+
+def event_count(db: psycopg.Connection[Any]) -> int:
+    row = db.execute("SELECT count(*) FROM events").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def signed_all(server: LiveServer, db: psycopg.Connection[Any]) -> int:
+    total = event_count(db)
+    assert wait_until(lambda: signed_size(server) == total), (signed_size(server), total)
+    return total
+
+
+def latest_note(server: LiveServer) -> str:
+    response = httpx.get(f"{server.base_url}/api/checkpoint", headers=auth("auditor"))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    return response.text
+
+
+def parse(note: str) -> Checkpoint:
+    return Checkpoint.parse(note.split("\n\n")[0] + "\n")
+
+
+def export(server: LiveServer, path: Path) -> Path:
+    response = httpx.get(
+        f"{server.base_url}/api/events", params={"format": "ndjson"}, headers=auth("auditor")
+    )
+    assert response.status_code == 200
+    path.write_bytes(response.content)
+    return path
+
+
+def global_hashes(db: psycopg.Connection[Any]) -> list[bytes]:
+    rows = db.execute("SELECT hash FROM events ORDER BY tx_id, position").fetchall()
+    return [bytes.fromhex(h) for (h,) in rows]
+
+
+def as_superuser(db: psycopg.Connection[Any], *statements: str) -> None:
+    """Triggers off for this transaction only, as a superuser or owner can do."""
+    with db.transaction():
+        db.execute("SET LOCAL session_replication_role = replica")
+        for statement in statements:
+            db.execute(statement)
+
+
+def test_an_auditor_keeps_a_checkpoint_and_proves_the_ledger_later(
+    server_factory: Callable[..., LiveServer], db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    live = server_factory(**FAST)
+    fill(live)
+    size = signed_all(live, db)
+    kept = tmp_path / "kept.checkpoint"
+    done = ledger(live, "checkpoint", "fetch", "-o", str(kept))
+    assert done.returncode == 0, done.stderr
+    assert f"checkpoint of {size} events" in done.stderr
+    assert "the public half of" in done.stderr  # it says which key it used
+    assert kept.read_text() == latest_note(live)
+    checkpoint = parse(kept.read_text())
+    assert checkpoint.root == tree_root(global_hashes(db))
+
+    fill(live, sessions=2)
+    later = signed_all(live, db)
+    assert later > size
+    done = ledger(live, "checkpoint", "verify", str(kept))
+    assert done.returncode == 0, done.stderr
+    assert f"the server's latest checkpoint ({later} events) extends it" in done.stderr
+
+    exported = export(live, tmp_path / "ledger.ndjson")
+    done = ledger(live, "verify", "--export", str(exported), "--checkpoint", str(kept))
+    assert done.returncode == 0, done.stderr
+    assert f"ok: {later} events in 5 sessions, every chain intact" in done.stderr
+
+    # With the key pinned from the server's public endpoint, and nothing else configured.
+    key = httpx.get(f"{live.base_url}/api/checkpoint/key").text.strip()
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "ledger", "verify", "--export", str(exported)),
+            *("--checkpoint", str(kept), "--key", key),
+        ],
+        env={k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "(given with --key)" in done.stderr
+
+    # Every event's inclusion proof leads to the kept root; every stored checkpoint
+    # extends every earlier one.
+    with live.client(headers=auth("auditor")) as client:
+        positions = [
+            p for (p,) in db.execute("SELECT position FROM events ORDER BY tx_id, position")
+        ]
+        for index, position in enumerate(positions[: checkpoint.size]):
+            answer = client.get(
+                "/api/proofs/inclusion", params={"position": position, "tree_size": checkpoint.size}
+            ).json()
+            assert answer["leaf_index"] == index
+            digest = db.execute(
+                "SELECT hash FROM events WHERE position = %s", (position,)
+            ).fetchone()
+            assert digest is not None
+            verify_inclusion(
+                index,
+                checkpoint.size,
+                leaf_hash(bytes.fromhex(digest[0])),
+                [bytes.fromhex(h) for h in answer["proof"]],
+                checkpoint.root,
+            )
+        stored = client.get("/api/checkpoints").json()["checkpoints"]
+        assert_all_consistent(client, stored)
+
+
+def assert_all_consistent(client: httpx.Client, stored: list[dict[str, Any]]) -> None:
+    for i, later in enumerate(stored):
+        assert later["note"].startswith(f"ledger\n{later['tree_size']}\n")
+        for earlier in stored[:i]:
+            answer = client.get(
+                "/api/proofs/consistency",
+                params={"first": earlier["tree_size"], "second": later["tree_size"]},
+            )
+            assert answer.status_code == 200, answer.text
+            verify_consistency(
+                earlier["tree_size"],
+                later["tree_size"],
+                bytes.fromhex(earlier["root_hash"]),
+                bytes.fromhex(later["root_hash"]),
+                [bytes.fromhex(h) for h in answer.json()["proof"]],
+            )
+
+
+def test_a_migration_builds_the_tree_for_events_stored_before_it(
+    server_factory: Callable[..., LiveServer], database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    live = server_factory(LEDGER_CHECKPOINT_SECONDS="0")  # no tree grown while serving
+    fill(live, sessions=4, events=5)
+    live.stop()
+    command.downgrade(alembic_config(database_url), "0002")  # a ledger from before the tree
+    assert db.execute("SELECT to_regclass('merkle_nodes')").fetchone() == (None,)
+    upgrade(database_url)
+    hashes = global_hashes(db)
+    assert db.execute("SELECT count(*) FROM merkle_leaves").fetchone() == (len(hashes),)
+    again = server_factory(**FAST)
+    assert wait_until(lambda: signed_size(again) == len(hashes))
+    assert parse(latest_note(again)).root == tree_root(hashes)
+
+
+def test_the_verifier_key_is_public_and_checkpoints_are_for_auditors(
+    server_factory: Callable[..., LiveServer],
+) -> None:
+    live = server_factory(**FAST)
+    key = httpx.get(f"{live.base_url}/api/checkpoint/key")
+    assert key.status_code == 200
+    name, key_id, encoded = key.text.strip().split("+", 2)
+    raw = base64.b64decode(encoded)
+    assert name == "ledger"
+    assert key_id == hashlib.sha256(b"ledger\n" + raw).digest()[:4].hex()
+    with live.client() as client:
+        for path in (
+            "/api/checkpoint",
+            "/api/checkpoints",
+            "/api/proofs/consistency?first=0&second=0",
+            "/api/proofs/inclusion?position=1&tree_size=1",
+        ):
+            assert client.get(path).status_code == 401
+            for role in ("patient", "therapist", "service"):
+                assert client.get(path, headers=auth(role)).status_code == 403, (path, role)
+        forged = auth("auditor")["Authorization"][:-4] + "AAAA"
+        assert client.get("/api/checkpoint", headers={"Authorization": forged}).status_code == 401
+        expired = auth("auditor", ttl=-60)
+        assert client.get("/api/checkpoint", headers=expired).status_code == 401
+
+
+def test_bad_proof_parameters_get_clear_errors(
+    server_factory: Callable[..., LiveServer], db: psycopg.Connection[Any]
+) -> None:
+    live = server_factory(**FAST)
+    fill(live, sessions=1, events=6)
+    size = signed_all(live, db)
+    first = db.execute("SELECT min(position) FROM events").fetchone()
+    assert first is not None
+    position = int(first[0])
+    cases: list[tuple[str, dict[str, Any], int]] = [
+        ("inclusion", {"position": "x", "tree_size": size}, 422),
+        ("inclusion", {"position": position}, 422),
+        ("inclusion", {"position": -1, "tree_size": size}, 422),
+        ("inclusion", {"position": position, "tree_size": 0}, 422),
+        ("inclusion", {"position": 2**64, "tree_size": size}, 422),
+        ("inclusion", {"position": position, "tree_size": size + 1}, 400),
+        ("inclusion", {"position": 10**12, "tree_size": size}, 404),
+        ("consistency", {"first": size, "second": 1}, 400),
+        ("consistency", {"first": 1, "second": size + 1}, 400),
+        ("consistency", {"first": "1.5", "second": size}, 422),
+        ("consistency", {"second": size}, 422),
+        ("consistency", {"first": -1, "second": size}, 422),
+        ("consistency", {"first": 0, "second": size}, 200),
+        ("consistency", {"first": size, "second": size}, 200),
+    ]
+    with live.client(headers=auth("auditor")) as client:
+        for kind, params, status in cases:
+            response = client.get(f"/api/proofs/{kind}", params=params)
+            assert response.status_code == status, (kind, params, response.text)
+            if status != 200:
+                assert "detail" in response.json()
+        assert client.get("/api/checkpoints", params={"after": -1}).status_code == 422
+        assert client.get("/api/checkpoints", params={"limit": 0}).status_code == 422
+        # An event appended after the latest checkpoint: not in that tree yet.
+        session_id = fill(live, sessions=1, events=1)[0]
+        newest = db.execute(
+            "SELECT position FROM events WHERE session_id = %s", (session_id,)
+        ).fetchone()
+        assert newest is not None
+        response = client.get(
+            "/api/proofs/inclusion", params={"position": newest[0], "tree_size": size}
+        )
+        assert response.status_code == 409, response.text
+
+
+def test_checkpoints_turned_off(server_factory: Callable[..., LiveServer]) -> None:
+    live = server_factory(LEDGER_CHECKPOINT_SECONDS="0")
+    assert httpx.get(f"{live.base_url}/api/checkpoint/key").status_code == 404
+    response = httpx.get(f"{live.base_url}/api/checkpoint", headers=auth("auditor"))
+    assert response.status_code == 404
+    assert "LEDGER_CHECKPOINT_SECONDS" in response.json()["detail"]
+
+
+def test_kept_checkpoints_that_were_changed_or_signed_by_another_key_are_refused(
+    server_factory: Callable[..., LiveServer],
+    db: psycopg.Connection[Any],
+    databases: DatabaseFactory,
+    tmp_path: Path,
+) -> None:
+    live = server_factory(**FAST)
+    fill(live, sessions=1)
+    signed_all(live, db)
+    note = latest_note(live)
+    text, signature = note.split("\n\n")
+    size = parse(note).size
+    changed = tmp_path / "changed"
+    changed.write_text(text.replace(f"\n{size}\n", f"\n{size + 1}\n") + "\n\n" + signature)
+    # Another ledger (its own database and data directory, so its own key).
+    other = LiveServer(databases.create(), tmp_path / "other", env=FAST).start()
+    try:
+        fill(other, sessions=1)
+        assert wait_until(lambda: signed_size(other) > 0)
+        foreign = tmp_path / "foreign"
+        foreign.write_text(latest_note(other))
+    finally:
+        other.stop()
+    wrong_id = tmp_path / "wrong-id"
+    name, blob = signature.removeprefix("\u2014 ").split(" ")
+    raw = base64.b64decode(blob)
+    wrong_id.write_text(
+        text + "\n\n\u2014 " + name + " " + base64.b64encode(b"\0\0\0\0" + raw[4:]).decode() + "\n"
+    )
+    for path, reason in (
+        (changed, "does not verify: the note was changed"),
+        (foreign, "another key named ledger"),
+        (wrong_id, "another key named ledger"),
+    ):
+        done = ledger(live, "checkpoint", "verify", str(path))
+        assert done.returncode == 1, done.stderr
+        assert f"{path}: FAILED: the signature of ledger {reason}" in done.stderr or (
+            f"{path}: FAILED: signed by {reason}" in done.stderr
+        ), done.stderr
+    missing = ledger(live, "checkpoint", "verify", str(tmp_path / "nothing-here"))
+    assert missing.returncode == 2
+    assert "no checkpoint at" in missing.stderr
+    usage = ledger(live, "verify", "--checkpoint", str(changed))
+    assert usage.returncode == 2
+    assert "--checkpoint goes with --export" in usage.stderr
+
+
+TAMPERING = {
+    "an edited event": (
+        "UPDATE events SET progress = 99 WHERE session_id = '{s}' AND version = 2",
+        "version 2: the stored hash does not match the event's content",
+    ),
+    "a session's newest event deleted": (
+        "DELETE FROM events WHERE session_id = '{s}' AND version = 4",
+        "signed events are missing",
+    ),
+    "a whole session deleted": (
+        "DELETE FROM events WHERE session_id = '{s}'",
+        "4 signed events are missing",
+    ),
+    "a forged event in the middle of a chain": (
+        "DELETE FROM events WHERE session_id = '{s}' AND version = 3;"
+        " INSERT INTO events (session_id, version, type, status, progress, data, actor,"
+        " recorded_at, prev_hash, hash) SELECT session_id, 3, type, status, 55, data, actor,"
+        " recorded_at, hash, encode(sha256('forged'), 'hex') FROM events"
+        " WHERE session_id = '{s}' AND version = 2",
+        # The forged row is the newest in the global order: the chain misses version 3.
+        "version 3: version 3 is missing",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERING))
+def test_tampering_after_a_kept_checkpoint_is_named_offline(
+    server_factory: Callable[..., LiveServer],
+    db: psycopg.Connection[Any],
+    tmp_path: Path,
+    case: str,
+) -> None:
+    live = server_factory(**FAST)
+    sessions = fill(live)
+    signed_all(live, db)
+    kept = tmp_path / "kept"
+    assert ledger(live, "checkpoint", "fetch", "-o", str(kept)).returncode == 0
+    statement, named = TAMPERING[case]
+    as_superuser(db, *statement.format(s=sessions[1]).split(";"))
+    exported = export(live, tmp_path / "after.ndjson")
+    done = ledger(live, "verify", "--export", str(exported), "--checkpoint", str(kept))
+    assert done.returncode == 1, done.stderr
+    assert named in done.stderr, done.stderr
+    if "session" in named or "version" in named:
+        assert sessions[1] in done.stderr
+
+
+def test_a_rewritten_tree_is_never_signed_and_is_named(
+    server_factory: Callable[..., LiveServer], db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    live = server_factory(**FAST)
+    fill(live, sessions=1, events=3)  # not a power of two: a later proof covers leaf 1
+    signed_all(live, db)
+    early = tmp_path / "early"
+    assert ledger(live, "checkpoint", "fetch", "-o", str(early)).returncode == 0
+    fill(live, sessions=1)
+    signed_all(live, db)
+    # The tree rewritten so that it would vouch for another history: leaf 1 replaced and
+    # every node above it recomputed, as a careful forger would.
+    forged = hashlib.sha256(b"another history").digest()
+    as_superuser(db, *forged_tree_statements(db, 1, forged))
+    before = signed_size(live)
+    fill(live, sessions=1)
+    assert wait_until(lambda: "refusing to sign a checkpoint" in live.log())
+    assert signed_size(live) == before  # nothing signed over the rewritten tree
+    done = ledger(live, "checkpoint", "verify", str(early))
+    assert done.returncode == 1, done.stderr
+    assert "history was rewritten" in done.stderr
+
+
+def forged_tree_statements(db: psycopg.Connection[Any], leaf: int, data: bytes) -> list[str]:
+    """UPDATEs replacing one leaf of the stored tree and every perfect node above it."""
+    nodes = {
+        (int(level), int(index)): bytes(digest)
+        for level, index, digest in db.execute("SELECT level, node_index, hash FROM merkle_nodes")
+    }
+    nodes[(0, leaf)] = leaf_hash(data)
+    statements = [
+        f"UPDATE merkle_nodes SET hash = '\\x{nodes[(0, leaf)].hex()}'"
+        f" WHERE level = 0 AND node_index = {leaf}"
+    ]
+    level, index = 0, leaf
+    while (level + 1, index >> 1) in nodes:
+        left, right = nodes[(level, index & ~1)], nodes[(level, index | 1)]
+        level, index = level + 1, index >> 1
+        nodes[(level, index)] = hashlib.sha256(b"\x01" + left + right).digest()
+        statements.append(
+            f"UPDATE merkle_nodes SET hash = '\\x{nodes[(level, index)].hex()}'"
+            f" WHERE level = {level} AND node_index = {index}"
+        )
+    return statements
+
+
+def test_two_processes_sign_under_many_writers_and_never_disagree(
+    server_factory: Callable[..., LiveServer], db: psycopg.Connection[Any]
+) -> None:
+    first = server_factory(**FAST)
+    # Several hosts serving one database are given the same key (design, section 9).
+    key = (first.data_dir / "checkpoint-key.pem").read_text()
+    servers = [first, server_factory(**FAST, LEDGER_CHECKPOINT_KEY=key)]
+    with servers[0].client() as client:
+        sessions = [create_session(client, f"p{i}") for i in range(12)]
+    errors: list[str] = []
+
+    def writer(index: int) -> None:
+        target = servers[index % 2]
+        with target.client() as client:
+            for step in range(15):
+                session_id = sessions[(index + step) % len(sessions)]
+                body = [{"status": "transcribing", "progress": step}] * (1 + step % 3)
+                response = append(client, session_id, body)
+                if response.status_code != 201:
+                    errors.append(response.text)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    total = signed_all(servers[0], db)
+    leaves = db.execute("SELECT l.position FROM merkle_leaves l ORDER BY l.leaf_index").fetchall()
+    in_order = db.execute("SELECT position FROM events ORDER BY tx_id, position").fetchall()
+    assert leaves == in_order  # every event once, in global order
+    assert len(leaves) == total
+    with servers[1].client(headers=auth("auditor")) as client:
+        stored = client.get("/api/checkpoints").json()["checkpoints"]
+        assert len(stored) >= 2
+        sizes = [c["tree_size"] for c in stored]
+        assert sizes == sorted(set(sizes))
+        assert_all_consistent(client, stored[-12:])
+        for later in stored[1:]:
+            answer = client.get(
+                "/api/proofs/consistency",
+                params={"first": stored[0]["tree_size"], "second": later["tree_size"]},
+            ).json()
+            verify_consistency(
+                stored[0]["tree_size"],
+                later["tree_size"],
+                bytes.fromhex(stored[0]["root_hash"]),
+                bytes.fromhex(later["root_hash"]),
+                [bytes.fromhex(h) for h in answer["proof"]],
+            )
