@@ -15,7 +15,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -616,15 +615,15 @@ def print_table(results: list[Figure], info: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def bench_database(settings: Settings) -> Iterator[str]:
-    """A fresh, migrated database on the configured server, dropped afterwards."""
+def bench_database(settings: Settings, revision: str = "head") -> Iterator[str]:
+    """A fresh database migrated to ``revision`` on the configured server, dropped after."""
     server_url = resolve_database_url(settings)
     name = f"ledger_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = libpq_url(sqlalchemy_url(server_url).set(database=name))
     try:
-        upgrade(url)
+        upgrade(url, revision)
         yield url
     finally:
         with psycopg.connect(server_url, autocommit=True) as admin:
@@ -665,21 +664,3 @@ def write_report(output: Path, quick: bool, results: list[Figure], **more: Any) 
     output.write_text(json.dumps(report, indent=2) + "\n")
     print_table(results, info)
     console.print(f"written to {output}")
-
-
-def run(settings: Settings, *, quick: bool, output: Path) -> int:
-    events = 100_000 if quick else 1_000_000
-    with bench_database(settings) as url:
-        console.print(f"seeding {events:,} events …")
-        started = time.perf_counter()
-        seed(url, events)
-        console.print(f"seeded in {time.perf_counter() - started:.1f} s")
-        with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
-            server = bench_server(url, Path(tmp)).start()
-            try:
-                results = analytics_figures(server, url, events)
-                results += streaming_figures(server, url, bench_token(), quick)
-            finally:
-                server.stop()
-    write_report(output, quick, results)
-    return 0

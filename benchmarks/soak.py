@@ -43,8 +43,6 @@ from ledger.settings import Settings, get_settings
 from ledger.testing import ServerProcess
 
 FAULTS = ("kill-worker", "drop-connections", "none")
-# The server gives freed memory back every LEDGER_MEMORY_TRIM_SECONDS (30 by default).
-AFTER_SECONDS = 40.0
 
 
 def children(pid: int) -> list[int]:
@@ -189,8 +187,8 @@ def soak(settings: Settings, args: argparse.Namespace) -> int:
             if load.returncode != 0:
                 raise RuntimeError("the load generator failed")
             result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-            console.print(f"streams closed; memory after {AFTER_SECONDS:g} s …")
-            time.sleep(AFTER_SECONDS)
+            console.print(f"streams closed; memory after {args.after_seconds:g} s …")
+            time.sleep(args.after_seconds)
             after = rss_kib(server.process.pid)
             with httpx.Client(base_url=server.base_url, timeout=10) as probe:
                 serving = probe.get("/readyz").status_code == 200
@@ -263,7 +261,7 @@ def report_figures(
         ),
         figure("server memory before streams", before, "MiB"),
         figure("server memory peak", peak, "MiB"),
-        figure(f"server memory {AFTER_SECONDS:g} s after the streams closed", after, "MiB"),
+        figure(f"server memory {args.after_seconds:g} s after the streams closed", after, "MiB"),
         figure("serving afterwards", int(serving), "bool", "1", serving),
     ]
 
@@ -280,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=100.0, help="appends per second")
     parser.add_argument("--writers", type=int, default=20)
     parser.add_argument("--fault", choices=FAULTS, default="kill-worker")
+    # The server gives freed memory back every LEDGER_MEMORY_TRIM_SECONDS (30 by default).
+    parser.add_argument(
+        "--after-seconds", type=float, default=40.0, help="wait before reading memory after"
+    )
     parser.add_argument("--output", type=Path, default=Path("soak-results.json"))
     args = parser.parse_args(argv)
     if args.streams < args.sessions or args.sessions < 1 or args.seconds <= 0:

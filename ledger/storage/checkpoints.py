@@ -37,7 +37,7 @@ def _stored(row: tuple[int, bytes, datetime, str]) -> StoredCheckpoint:
 
 def latest(conn: Connection) -> StoredCheckpoint | None:
     row = conn.execute(select(*_COLUMNS).order_by(checkpoints.c.tree_size.desc()).limit(1)).first()
-    return None if row is None else _stored(row.tuple())
+    return None if row is None else _stored(tuple(row))
 
 
 def store(conn: Connection, size: int, root: bytes, note: str) -> StoredCheckpoint:
@@ -46,7 +46,7 @@ def store(conn: Connection, size: int, root: bytes, note: str) -> StoredCheckpoi
         .values(tree_size=size, root_hash=root, signed_at=func.now(), note=note)
         .returning(*_COLUMNS)
     ).one()
-    return _stored(row.tuple())
+    return _stored(tuple(row))
 
 
 class Checkpoints:
@@ -66,4 +66,4 @@ class Checkpoints:
             .limit(limit)
         )
         async with self.engine.connect() as conn:
-            return [_stored(row.tuple()) for row in await conn.execute(stmt)]
+            return [_stored(tuple(row)) for row in await conn.execute(stmt)]

@@ -44,3 +44,28 @@ def test_bench_quick_writes_a_report(pg_server_url: str, tmp_path: Path) -> None
         assert len(versus) == 2
         assert all(r["notes"]["nchan_received"] > 0 for r in versus)
     assert "analytics over 100,000 events" in done.stdout
+
+
+def test_a_short_soak_counts_every_delivery_exactly(pg_server_url: str, tmp_path: Path) -> None:
+    """``make soak`` in miniature: a worker killed halfway, nothing lost or doubled."""
+    output = tmp_path / "soak.json"
+    env = {**os.environ, "LEDGER_DATABASE_URL": pg_server_url, "COLUMNS": "160"}
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.soak", "--streams", "300", "--sessions", "30"),
+            *("--seconds", "6", "--rate", "40", "--after-seconds", "1", "--output", str(output)),
+        ],
+        cwd=CHECKOUT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    soak = json.loads(output.read_text())["soak"]
+    assert soak["fault"] == "kill-worker"
+    assert soak["deliveries_expected"] == soak["deliveries_received"] > 300
+    assert soak["lost"] == soak["doubled"] == soak["skipped_ids"] == 0
+    assert soak["sessions_stored_differently"] == 0
+    assert soak["streams_unfinished"] == 0
+    assert soak["appends_acknowledged"] == soak["events_stored"]

@@ -6,6 +6,7 @@ data directory that the snippets' `ledger token` finds too, as in a checkout.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.server
 import io
@@ -55,7 +56,10 @@ def readme(module_database_url: str, tmp_path_factory: pytest.TempPathFactory) -
         module_database_url,
         data_dir,
         port=PORT,
-        env={"LEDGER_CORS_ORIGINS": f"http://127.0.0.1:{page_port}"},
+        env={
+            "LEDGER_CORS_ORIGINS": f"http://127.0.0.1:{page_port}",
+            "LEDGER_CHECKPOINT_SECONDS": "0.5",
+        },
     ).start()
     try:
         yield Readme(server, env, page_port)
@@ -214,3 +218,47 @@ def test_the_python_client_snippet_works_as_pasted(readme: Readme) -> None:
         "3 analyzing 90",
         "4 processed 100",
     ]
+
+
+def test_the_auditors_steps_work_as_pasted(readme: Readme, tmp_path: Path) -> None:
+    """Run where an auditor would: a directory of their own (the checkout's venv beside)."""
+    with client(readme) as api:
+        session_id = create_session(api, "audited")
+        append(
+            api, session_id, [{"status": "transcribing", "progress": 50}, {"status": "processed"}]
+        )
+    with client(readme, "auditor") as api:
+        total = len(api.get("/api/events", params={"format": "ndjson"}).text.splitlines())
+
+        def signed() -> int:
+            return int(api.get("/api/checkpoint").text.split("\n")[1])
+
+        deadline = time.monotonic() + 30
+        while signed() < total and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert signed() >= total
+    (tmp_path / ".venv").symlink_to(REPO / ".venv")
+    steps = block("Signed checkpoints: the whole ledger, provable offline", "sh")
+    done = subprocess.run(
+        ["bash", "-e", "-c", steps],
+        env=readme.env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("(given with --key)") == 3
+    assert "signature good; kept in kept.checkpoint" in done.stderr
+    assert "extends it" in done.stderr
+    assert "every chain intact" in done.stderr
+    # The README's picture of a checkpoint has the shape of a real one.
+    kept = (tmp_path / "kept.checkpoint").read_text().split("\n")
+    shown = block("Signed checkpoints: the whole ledger, provable offline", "").split("\n")
+    assert len(kept) == len(shown)
+    for lines in (kept, shown):
+        origin, size, root, blank, signature, end = lines
+        assert (origin, blank, end) == ("ledger", "", "")
+        assert size.isdigit()
+        assert len(base64.b64decode(root, validate=True)) == 32
+        assert signature.startswith("\u2014 ledger ")

@@ -73,7 +73,15 @@ def test_migrations_are_the_only_schema(db: psycopg.Connection[Any]) -> None:
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
         ).fetchall()
     }
-    assert tables == {"alembic_version", "sessions", "care_assignments", "events"}
+    assert tables == {
+        "alembic_version",
+        "sessions",
+        "care_assignments",
+        "events",
+        "merkle_nodes",
+        "merkle_leaves",
+        "checkpoints",
+    }
     views = {
         row[0]
         for row in db.execute(
@@ -81,7 +89,7 @@ def test_migrations_are_the_only_schema(db: psycopg.Connection[Any]) -> None:
         ).fetchall()
     }
     assert views == {"session_timeline", "stage_durations", "session_outcomes"}
-    assert db.execute("SELECT version_num FROM alembic_version").fetchone() == ("0002",)
+    assert db.execute("SELECT version_num FROM alembic_version").fetchone() == ("0003",)
 
 
 def test_migrations_go_down_and_up(databases: Any) -> None:
@@ -99,7 +107,7 @@ def test_migrations_go_down_and_up(databases: Any) -> None:
         command.downgrade(config, "base")
         command.upgrade(config, "head")
         with psycopg.connect(url) as conn:
-            assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0002",)
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0003",)
     finally:
         with databases.admin() as admin:
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

@@ -1,0 +1,185 @@
+"""The Merkle tree's figures: building it, proving against it, and what it costs appends.
+
+* Building: migration 0003 over the seeded ledger (1,000,000 events in the full run).
+* Proofs: inclusion and consistency at that size over HTTP, p99 of 500 each.
+* Appends with the tree growing in the background beside a server with it switched off
+  (``LEDGER_CHECKPOINT_SECONDS=0``), on the same database, runs interleaved, medians.
+* How far behind commit a checkpoint covers an event, from the stored checkpoints.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+
+import httpx
+import psycopg
+
+from benchmarks.loadgen import percentile
+from benchmarks.scenarios import (
+    Figure,
+    bench_server,
+    bench_token,
+    loadgen,
+    new_sessions,
+)
+from ledger.testing import ServerProcess
+
+PROOFS = 500
+
+
+def build_figure(events: int, seconds: float) -> Figure:
+    return Figure(
+        scenario=f"Merkle tree over {events:,} existing events",
+        metric="build (migration 0003)",
+        value=round(seconds, 1),
+        unit="s",
+        target="< 60 s" if events >= 1_000_000 else None,
+        met=seconds < 60 if events >= 1_000_000 else None,
+    )
+
+
+def wait_signed(server: ServerProcess, headers: dict[str, str], size: int) -> int:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        response = httpx.get(f"{server.base_url}/api/checkpoint", headers=headers, timeout=30)
+        if response.status_code == 200 and int(response.text.split("\n")[1]) >= size:
+            return int(response.text.split("\n")[1])
+        time.sleep(0.5)
+    raise RuntimeError(f"no checkpoint of {size} events within 300 s")
+
+
+def proof_figures(server: ServerProcess, url: str, events: int) -> list[Figure]:
+    headers = {"Authorization": f"Bearer {bench_token()}"}
+    size = wait_signed(server, headers, events)
+    with psycopg.connect(url) as conn:
+        positions = [p for (p,) in conn.execute("SELECT position FROM merkle_leaves")]
+    pick = random.Random(7)
+    figures = []
+    with httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as client:
+        for kind, params in (
+            ("inclusion", lambda: {"position": pick.choice(positions), "tree_size": size}),
+            ("consistency", lambda: {"first": pick.randint(1, size), "second": size}),
+        ):
+            client.get(f"/api/proofs/{kind}", params=params()).raise_for_status()  # warm
+            millis = []
+            for _ in range(PROOFS):
+                started = time.perf_counter()
+                client.get(f"/api/proofs/{kind}", params=params()).raise_for_status()
+                millis.append((time.perf_counter() - started) * 1000)
+            p99 = percentile(millis, 0.99)
+            figures.append(
+                Figure(
+                    scenario=f"{kind} proof at {size:,} leaves, over HTTP",
+                    metric="p99",
+                    value=round(p99, 2),
+                    unit="ms",
+                    target="< 10 ms",
+                    met=p99 < 10,
+                    notes={"p50_ms": round(statistics.median(millis), 2), "requests": PROOFS},
+                )
+            )
+    return figures
+
+
+def append_cost_figures(
+    server: ServerProcess, url: str, seconds: float, rounds: int
+) -> list[Figure]:
+    """Single and batched appends, tree on (the server as deployed) and off, interleaved."""
+    token = bench_token()
+    headers = {"Authorization": f"Bearer {token}"}
+    off = bench_server(url, server.data_dir / "tree-off", {"LEDGER_CHECKPOINT_SECONDS": "0"})
+    off.start()
+    started_at = time.time()
+    try:
+        with httpx.Client(base_url=server.base_url, headers=headers) as client:
+            sessions = new_sessions(client, 40)
+        rates: dict[tuple[str, bool], list[float]] = {}
+        for _ in range(rounds):
+            for on, target in ((True, server), (False, off)):
+                base = {"host": "127.0.0.1", "port": target.port, "token": token}
+                for label, writers, batch, chosen in (
+                    ("single", 16, 1, sessions[:16]),
+                    ("batched", 4, 100, sessions[16:20]),
+                ):
+                    run = loadgen(
+                        "appends",
+                        **base,
+                        sessions=chosen,
+                        writers=writers,
+                        seconds=seconds,
+                        batch=batch,
+                    )
+                    rates.setdefault((label, on), []).append(run["events_per_second"])
+    finally:
+        off.stop()
+    figures = []
+    for label in ("single", "batched"):
+        with_tree = statistics.median(rates[(label, True)])
+        without = statistics.median(rates[(label, False)])
+        figures.append(
+            Figure(
+                scenario=f"{label} appends with the tree growing in the background",
+                metric="events/s",
+                value=round(with_tree),
+                unit="ev/s",
+                baseline=round(without),
+                baseline_label="the same, tree and checkpoints switched off",
+                target=">= 95% of baseline",
+                met=with_tree >= 0.95 * without,
+                notes={
+                    "runs_on": [round(r) for r in rates[(label, True)]],
+                    "runs_off": [round(r) for r in rates[(label, False)]],
+                },
+            )
+        )
+    figures.append(checkpoint_lag_figure(server, url, started_at))
+    return figures
+
+
+def checkpoint_lag_figure(server: ServerProcess, url: str, since: float) -> Figure:
+    """From an event's commit (recorded_at) to the first checkpoint whose tree holds it."""
+    wait_signed(server, {"Authorization": f"Bearer {bench_token()}"}, total_events(url))
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            """
+            SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lag),
+                   percentile_cont(0.99) WITHIN GROUP (ORDER BY lag), count(*)
+            FROM (
+                SELECT extract(epoch FROM c.signed_at - e.recorded_at) AS lag
+                FROM merkle_leaves l
+                JOIN events e USING (position)
+                JOIN LATERAL (
+                    SELECT signed_at FROM checkpoints
+                    WHERE tree_size > l.leaf_index ORDER BY tree_size LIMIT 1
+                ) c ON true
+                WHERE e.recorded_at >= to_timestamp(%s)
+            ) lags
+            """,
+            (since,),
+        ).fetchone()
+    assert row is not None
+    p50, p99, count = row
+    return Figure(
+        scenario="checkpoint coverage under the append load (LEDGER_CHECKPOINT_SECONDS=10)",
+        metric="commit to first covering checkpoint, p99",
+        value=round(float(p99 or 0), 2),
+        unit="s",
+        notes={"p50_s": round(float(p50 or 0), 2), "events": int(count)},
+    )
+
+
+def total_events(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM events").fetchone()
+    return int(row[0]) if row else 0
+
+
+def tree_figures(
+    server: ServerProcess, url: str, events: int, build_seconds: float, quick: bool
+) -> list[Figure]:
+    figures = [build_figure(events, build_seconds)]
+    figures += proof_figures(server, url, events)
+    figures += append_cost_figures(server, url, 4.0 if quick else 10.0, 1 if quick else 3)
+    return figures
