@@ -4,18 +4,23 @@ Every process runs one; an advisory lock lets one at a time do the work, so two 
 or two hosts never sign two checkpoints of one size. Each round grows the tree in short
 transactions, then, if the tree has grown and the last checkpoint is at least
 ``LEDGER_CHECKPOINT_SECONDS`` old, signs the new head, but only after proving it
-consistent with the last stored checkpoint and with the newest one this process has
-seen: a tree rewritten behind the server's back is refused, never signed.
+consistent with the last stored checkpoint and with the newest head this host has vouched
+for. That head (the newest checkpoint this key signed, or one it found stored and proved)
+is kept beside the key in the data directory, so neither deleting checkpoint rows nor a
+restart nor another worker can make the server sign a head that contradicts it: a tree
+rewritten behind the server's back is refused, never signed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
+import os
+from datetime import timedelta
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Connection
+from sqlalchemy import Connection, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger import metrics
@@ -49,16 +54,19 @@ class Inconsistent(Exception):
 
 class Checkpointer:
     def __init__(
-        self, engine: AsyncEngine, key: Ed25519PrivateKey, verifier: Verifier, every: float
+        self,
+        engine: AsyncEngine,
+        key: Ed25519PrivateKey,
+        verifier: Verifier,
+        every: float,
+        vouched: Path,
     ) -> None:
         self.engine = engine
         self.tree = Tree(engine)
         self.key = key
         self.verifier = verifier
         self.every = every
-        # The newest head this process signed or verified: deleting checkpoint rows
-        # cannot make it forget what it already vouched for.
-        self.trusted: Checkpoint | None = None
+        self.vouched = vouched
 
     async def run(self) -> None:
         while True:
@@ -69,12 +77,17 @@ class Checkpointer:
                 log.error("refusing to sign a checkpoint: %s", exc)
             except DATABASE_ERRORS as exc:
                 log.warning("checkpoint round failed (%s); the next one retries", exc)
+            except Exception:
+                log.exception("checkpoint round failed; the next one retries")
             await asyncio.sleep(self.every)
 
     async def round(self) -> StoredCheckpoint | None:
         """Grow the tree over everything committed, then sign its head if due."""
-        while (await self.tree.grow(GROW_BATCH)) == GROW_BATCH:
-            pass
+        try:
+            while (await self.tree.grow(GROW_BATCH)) == GROW_BATCH:
+                pass
+        except TreeDamaged as exc:
+            raise Inconsistent(f"the stored tree cannot grow: {exc}") from None
         async with self.engine.begin() as conn:
             return await conn.run_sync(self._sign)
 
@@ -84,38 +97,70 @@ class Checkpointer:
         size = tree_size(conn)
         metrics.TREE_SIZE.set(size)
         last = checkpoints.latest(conn)
-        if last is not None:
-            due = last.signed_at + timedelta(seconds=self.every)
-            if last.tree_size == size or datetime.now(UTC) < due:
-                return None
+        trusted = self.load_vouched()
+        stored = self._as_checkpoint(last)
+        if stored is not None and stored.size == size and stored == trusted:
+            return None  # nothing new since the head this host vouched for
         try:
             root = root_at(conn, size)
-            for earlier in self._earlier(last):
+            for earlier in (trusted, stored):
+                if earlier is None:
+                    continue
                 if earlier.size > size:
                     raise Inconsistent(
-                        f"the tree holds {size} leaves, fewer than the {earlier.size} of an"
-                        " earlier checkpoint: leaves were removed"
+                        f"the tree holds {size} leaves, fewer than the {earlier.size} of a"
+                        " signed checkpoint: leaves were removed"
                     )
                 proof = consistency_proof(conn, earlier.size, size)
                 verify_consistency(earlier.size, size, earlier.root, root, proof)
         except (ProofError, TreeDamaged) as exc:
             raise Inconsistent(f"the stored tree does not extend the checkpoint: {exc}") from None
-        checkpoint = Checkpoint(self.verifier.name, size, root)
-        stored = checkpoints.store(conn, size, root, signed_checkpoint(checkpoint, self.key))
-        self.trusted = checkpoint
-        metrics.CHECKPOINTS_SIGNED.inc()
-        return stored
-
-    def _earlier(self, last: StoredCheckpoint | None) -> list[Checkpoint]:
-        """What a new head must extend: the last stored checkpoint (as its signed note
-        says, when this key signed it) and the newest this process vouched for."""
-        found = [] if self.trusted is None else [self.trusted]
+        # Both are prefixes of the tree as it is: the stored one is vouched for from now on.
+        newer = stored is not None and (trusted is None or stored.size > trusted.size)
+        if last is not None and newer and self._ours(last):
+            self.vouch(last.note)
         if last is not None:
-            try:
-                found.append(read_checkpoint(last.note, self.verifier))
-            except NoteError as exc:
-                # Another key (rotated, or several hosts given different ones): its row
-                # still binds what may be signed next.
-                log.warning("checkpoint %d is not this key's (%s)", last.tree_size, exc)
-                found.append(Checkpoint(self.verifier.name, last.tree_size, last.root_hash))
-        return found
+            now = conn.execute(select(func.now())).scalar_one()
+            if last.tree_size == size or now < last.signed_at + timedelta(seconds=self.every):
+                return None
+        note = signed_checkpoint(Checkpoint(self.verifier.name, size, root), self.key)
+        signed = checkpoints.store(conn, size, root, note)
+        self.vouch(note)
+        metrics.CHECKPOINTS_SIGNED.inc()
+        return signed
+
+    def _ours(self, stored: StoredCheckpoint) -> bool:
+        try:
+            read_checkpoint(stored.note, self.verifier)
+        except NoteError:
+            return False
+        return True
+
+    def _as_checkpoint(self, stored: StoredCheckpoint | None) -> Checkpoint | None:
+        """The last stored head as its signed note says (when this key signed it), else as
+        its row says (another key, rotated or misconfigured: its row still binds)."""
+        if stored is None:
+            return None
+        try:
+            return read_checkpoint(stored.note, self.verifier)
+        except NoteError as exc:
+            log.warning("checkpoint %d is not this key's (%s)", stored.tree_size, exc)
+            return Checkpoint(self.verifier.name, stored.tree_size, stored.root_hash)
+
+    def load_vouched(self) -> Checkpoint | None:
+        try:
+            note = self.vouched.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            return read_checkpoint(note, self.verifier)
+        except NoteError as exc:
+            raise Inconsistent(
+                f"{self.vouched} does not hold a checkpoint of this key: {exc}"
+            ) from None
+
+    def vouch(self, note: str) -> None:
+        """Keep ``note`` as the newest head vouched for, replacing the file atomically."""
+        partial = self.vouched.with_name(f".{self.vouched.name}.{os.getpid()}")
+        partial.write_text(note, encoding="utf-8")
+        os.replace(partial, self.vouched)

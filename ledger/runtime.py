@@ -30,7 +30,7 @@ from ledger.storage.reporting import Reporting
 from ledger.storage.sessions import Sessions
 from ledger.storage.tree import Tree
 from ledger.transparency.note import Verifier
-from ledger.transparency.signing_key import load_signing_key, verifier_of
+from ledger.transparency.signing_key import load_signing_key, verifier_of, vouched_path
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,11 @@ async def running(settings: Settings, url: str | None = None) -> AsyncIterator[R
             checkpoint_verifier = verifier_of(settings, key)
             log.info("checkpoints are signed; verifier key: %s", checkpoint_verifier.line())
             checkpointer = Checkpointer(
-                engine, key, checkpoint_verifier, settings.checkpoint_seconds
+                engine,
+                key,
+                checkpoint_verifier,
+                settings.checkpoint_seconds,
+                vouched_path(settings),
             )
             signing = asyncio.create_task(checkpointer.run(), name="ledger-checkpointer")
             stack.callback(signing.cancel)

@@ -25,6 +25,9 @@ async def ledger_error_handler(request: Request, exc: Exception) -> JSONResponse
     elif isinstance(exc, Unavailable):
         headers = {"Retry-After": "1"}
     detail: object = exc.detail
+    if exc.status_code >= 500 and not isinstance(exc, Unavailable):
+        # The server's own data is at fault, not the request: said plainly, and logged.
+        log.error("%s %s: %s", request.method, request.url.path, exc.detail)
     if exc.status_code == 422:
         # Same shape as FastAPI's own validation errors, so a 422 is always one schema.
         detail = [{"loc": ["body"], "msg": exc.detail, "type": "value_error"}]

@@ -36,20 +36,29 @@ def say(text: str) -> None:
 @dataclass(frozen=True)
 class Server:
     base_url: str
-    token: str
+    token: str | None  # the verifier key needs none
 
     def get(self, path: str, **params: int) -> httpx.Response:
+        headers = {} if self.token is None else {"Authorization": f"Bearer {self.token}"}
         with httpx.Client(base_url=self.base_url, timeout=30) as http:
-            response = http.get(
-                path, params=params, headers={"Authorization": f"Bearer {self.token}"}
-            )
+            response = http.get(path, params=params, headers=headers)
         if response.status_code != 200:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            raise LedgerClientError(response.status_code, f"{path}: {detail}")
+            raise LedgerClientError(response.status_code, f"{path}: {detail_of(response)}")
         return response
+
+
+def detail_of(response: httpx.Response) -> str:
+    """An error answer's ``detail`` as one line (FastAPI's 422 is a list of messages)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:200] or response.reason_phrase
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    if isinstance(detail, list):
+        return "; ".join(
+            str(item.get("msg", item)) if isinstance(item, dict) else str(item) for item in detail
+        )
+    return str(detail)
 
 
 def read_text(path: str, what: str) -> str:
@@ -61,11 +70,18 @@ def read_text(path: str, what: str) -> str:
         raise UsageError(f"cannot read the {what} {path}: {exc}") from None
 
 
-def find_verifier(settings: Settings, key: str | None, server: Server | None) -> Verifier:
+def is_file(path: str) -> bool:
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):  # a key line is no path (too long, a NUL)
+        return False
+
+
+def find_verifier(settings: Settings, key: str | None, base_url: str | None) -> Verifier:
     """``--key`` (a line, or a file holding it), else the configured signing key's public
-    half, else the server's published key; says which."""
+    half, else the key the server at ``base_url`` publishes (no token needed); says which."""
     if key is not None:
-        line = read_text(key, "key file") if Path(key).is_file() else key
+        line = read_text(key, "key file") if is_file(key) else key
         try:
             verifier = Verifier.parse(line)
         except NoteError as exc:
@@ -78,8 +94,9 @@ def find_verifier(settings: Settings, key: str | None, server: Server | None) ->
         where = "LEDGER_CHECKPOINT_KEY" if settings.checkpoint_key else str(key_path(settings))
         say(f"verifier key: {verifier.line()} (the public half of {where})")
         return verifier
-    if server is None:
+    if base_url is None:
         raise SetupError("no verifier key: pass --key, or run where the signing key is")
+    server = Server(base_url, None)
     line = server.get("/api/checkpoint/key").text
     try:
         verifier = Verifier.parse(line)
@@ -99,7 +116,10 @@ def fetch(server: Server, verifier: Verifier, output: str | None) -> int:
     if output is None:
         sys.stdout.write(note)
     else:
-        Path(output).write_text(note, encoding="utf-8")
+        try:
+            Path(output).write_text(note, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
     say(
         f"checkpoint of {checkpoint.size} events, root {checkpoint.root.hex()}, signature good"
         + ("" if output is None else f"; kept in {output}")
@@ -120,7 +140,7 @@ def verify_kept(server: Server, verifier: Verifier, files: list[str]) -> int:
         try:
             checkpoint = read_checkpoint(note, verifier)
             consistent(server, checkpoint, latest)
-        except (NoteError, ProofError) as exc:
+        except (NoteError, ProofError, LedgerClientError) as exc:
             failed += 1
             say(f"{path}: FAILED: {exc}")
             continue
@@ -137,9 +157,9 @@ def consistent(server: Server, kept: Checkpoint, latest: Checkpoint) -> None:
             f"the server's latest checkpoint covers {latest.size} events, fewer than the"
             f" {kept.size} of this one: the server has gone back on its history"
         )
-    answer = server.get("/api/proofs/consistency", first=kept.size, second=latest.size).json()
+    response = server.get("/api/proofs/consistency", first=kept.size, second=latest.size)
     try:
-        proof = [bytes.fromhex(h) for h in answer["proof"]]
+        proof = [bytes.fromhex(h) for h in response.json()["proof"]]
     except (KeyError, TypeError, ValueError):
         raise ProofError("the server's consistency proof is malformed") from None
     try:

@@ -42,11 +42,8 @@ def _verify(args: argparse.Namespace) -> int:
             )
         if args.session is not None:
             raise UsageError("--export checks the whole global export: leave out --session")
-        settings = get_settings()
-        server = _server(args) if args.key is None else None
-        return verify_export(
-            args.export, args.checkpoint, find_verifier(settings, args.key, server)
-        )
+        verifier = find_verifier(get_settings(), args.key, _base_url(args))
+        return verify_export(args.export, args.checkpoint, verifier)
     if args.checkpoint is not None:
         raise UsageError("--checkpoint goes with --export (an NDJSON export of the ledger)")
     from ledger.cli.offline import verify
@@ -63,15 +60,15 @@ def _server(args: argparse.Namespace) -> Server:
 def _checkpoint_fetch(args: argparse.Namespace) -> int:
     from ledger.cli.audit import fetch, find_verifier
 
-    server = _server(args)
-    return fetch(server, find_verifier(get_settings(), args.key, server), args.output)
+    verifier = find_verifier(get_settings(), args.key, _base_url(args))
+    return fetch(_server(args), verifier, args.output)
 
 
 def _checkpoint_verify(args: argparse.Namespace) -> int:
     from ledger.cli.audit import find_verifier, verify_kept
 
-    server = _server(args)
-    return verify_kept(server, find_verifier(get_settings(), args.key, server), args.files)
+    verifier = find_verifier(get_settings(), args.key, _base_url(args))
+    return verify_kept(_server(args), verifier, args.files)
 
 
 def _export(args: argparse.Namespace) -> int:

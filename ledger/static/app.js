@@ -226,13 +226,16 @@ function checkpointCard() {
 // One event's inclusion proof, checked in the browser against the latest checkpoint.
 async function proveVersion(id, version, node) {
   node.textContent = "proving…";
-  const response = await fetch(`/api/sessions/${id}/events?format=ndjson`,
-    { headers: { Authorization: `Bearer ${token()}` } });
-  const record = (await response.text()).split("\n").filter(Boolean).map((line) => JSON.parse(line))
-    .find((event) => event.version === version);
-  const result = record
-    ? await proveEvent(api, token(), record.position, record.hash)
-    : { ok: false, text: "event not found" };
+  let result;
+  try {
+    const response = await fetch(`/api/sessions/${id}/events?format=ndjson`,
+      { headers: { Authorization: `Bearer ${token()}` } });
+    const record = (await response.text()).split("\n").filter(Boolean).map((line) => JSON.parse(line))
+      .find((event) => event.version === version);
+    result = record
+      ? await proveEvent(api, token(), record.position, record.hash)
+      : { ok: false, text: "event not found" };
+  } catch (error) { result = { ok: false, text: `✗ could not prove: ${error.message}` }; }
   node.textContent = result.text;
   node.className = result.ok ? "ok" : "bad";
 }

@@ -1,8 +1,12 @@
 // Inclusion proofs checked in the browser: RFC 9162 §2.1.3.2 over Web Crypto's SHA-256,
 // and the checkpoint's Ed25519 signature (C2SP signed note) where the browser has it.
-// Nothing here trusts the server's word: the leaf comes from the event's own hash.
+// The proof is checked here, not taken on the server's word; the event's hash and the
+// verifier key still come from the server (an auditor pins the key: README, "Auditing").
 
-const bytes = (hex) => Uint8Array.from(hex.match(/../g) ?? [], (h) => parseInt(h, 16));
+function bytes(text) {
+  if (typeof text !== "string" || !/^[0-9a-f]{64}$/.test(text)) throw new Error("not a 32-byte hex hash");
+  return Uint8Array.from(text.match(/../g), (h) => parseInt(h, 16));
+}
 const hex = (data) => Array.from(new Uint8Array(data), (b) => b.toString(16).padStart(2, "0")).join("");
 const b64 = (text) => Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
 
@@ -35,16 +39,20 @@ export async function verifyInclusion(index, size, leaf, proof, root) {
 // The note's text if the verifier key ("name+keyid+base64") signed it; null if not; and
 // undefined when this browser has no Ed25519 in Web Crypto.
 export async function openNote(note, verifierKey) {
-  const [name, keyId, encoded] = splitKey(verifierKey.trim());
-  const cut = note.lastIndexOf("\n\n");
-  const text = note.slice(0, cut + 1);
-  const line = note.slice(cut + 2).split("\n").find((l) => l.startsWith(`\u2014 ${name} `));
-  if (!line) return null;
-  const blob = b64(line.slice(name.length + 3));
+  let name, keyId, raw, blob, text;
+  try {
+    [name, keyId, raw] = splitKey(verifierKey.trim());
+    raw = b64(raw);
+    const cut = note.lastIndexOf("\n\n");
+    text = note.slice(0, cut + 1);
+    const line = note.slice(cut + 2).split("\n").find((l) => l.startsWith(`\u2014 ${name} `));
+    if (!line || raw.length !== 33 || raw[0] !== 1) return null;
+    blob = b64(line.slice(name.length + 3));
+  } catch { return null; }  // a malformed key or note
   if (hex(blob.slice(0, 4)) !== keyId) return null;
   let key;
   try {
-    key = await crypto.subtle.importKey("raw", b64(encoded).slice(1), { name: "Ed25519" }, false, ["verify"]);
+    key = await crypto.subtle.importKey("raw", raw.slice(1), { name: "Ed25519" }, false, ["verify"]);
   } catch { return undefined; }
   const good = await crypto.subtle.verify({ name: "Ed25519" }, key, blob.slice(4), new TextEncoder().encode(text));
   return good ? text : null;
@@ -61,7 +69,8 @@ export async function latestCheckpoint(api, token) {
   if (!note.ok) return null;
   const text = await note.text();
   const [, size, root] = text.split("\n");
-  const { checkpoints } = await api(`/api/checkpoints?after=${Math.max(0, Number(size) - 1)}&limit=1`);
+  const { checkpoints } = Number(size) > 0
+    ? await api(`/api/checkpoints?after=${Number(size) - 1}&limit=1`) : { checkpoints: [] };
   const key = await (await fetch("/api/checkpoint/key")).text();
   const signed = await openNote(text, key);
   return {
@@ -74,13 +83,15 @@ export async function latestCheckpoint(api, token) {
 
 // Prove one event (its position and hash, from the export) against the latest checkpoint.
 export async function proveEvent(api, token, position, eventHash) {
+  if (!globalThis.crypto?.subtle) return { ok: false, text: "no Web Crypto here (the page needs https)" };
   const latest = await latestCheckpoint(api, token);
   if (!latest) return { ok: false, text: "no checkpoint signed yet" };
+  if (latest.signature === "BAD") return { ok: false, text: "✗ the latest checkpoint's signature does not verify" };
   let answer;
   try {
     answer = await api(`/api/proofs/inclusion?position=${position}&tree_size=${latest.size}`);
   } catch (error) { return { ok: false, text: `not provable yet: ${error.message}` }; }
-  const ok = latest.signature !== "BAD" && await verifyInclusion(answer.leaf_index, answer.tree_size,
+  const ok = answer.tree_size === latest.size && await verifyInclusion(answer.leaf_index, latest.size,
     await leafHash(bytes(eventHash)), answer.proof.map(bytes), bytes(latest.root));
   return ok
     ? { ok, text: `✓ leaf ${answer.leaf_index} of the checkpoint of ${latest.size} events (checked here, signature ${latest.signature})` }

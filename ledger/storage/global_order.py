@@ -63,13 +63,17 @@ def global_selection(
     return (
         select(*columns)
         .select_from(events.join(cursor, true()))
-        .where(
-            tuple_(events.c.tx_id, events.c.position) > tuple_(cursor.c.tx_id, cursor.c.position),
-            events.c.tx_id < func.pg_snapshot_xmin(func.pg_current_snapshot()),
-            *recorded_between(start, end),
-        )
+        .where(*visible_after(cursor.c.tx_id, cursor.c.position), *recorded_between(start, end))
         .order_by(events.c.tx_id, events.c.position)
     )
+
+
+def visible_after(tx_id: Any, position: Any) -> list[Any]:
+    """Rows after ``(tx_id, position)`` in global order that no open transaction precedes."""
+    return [
+        tuple_(events.c.tx_id, events.c.position) > tuple_(tx_id, position),
+        events.c.tx_id < func.pg_snapshot_xmin(func.pg_current_snapshot()),
+    ]
 
 
 class GlobalOrder:

@@ -90,6 +90,7 @@ merkle_leaves = Table(
     metadata,
     Column("leaf_index", BigInteger, primary_key=True),
     Column("position", BigInteger, nullable=False, unique=True),
+    Column("tx_id", Xid8, nullable=False),
 )
 
 checkpoints = Table(

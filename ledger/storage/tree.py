@@ -17,11 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import BigInteger, Connection, Text, cast, func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.storage.global_order import global_selection
-from ledger.storage.tables import events, merkle_leaves
+from ledger.errors import LedgerError
+from ledger.storage.global_order import visible_after
+from ledger.storage.tables import Xid8, events, merkle_leaves
 from ledger.transparency.merkle import (
     Frontier,
     Node,
@@ -50,13 +51,15 @@ _INSERT_NODES = text(
     " CAST(:hashes AS bytea[]))"
 )
 _INSERT_LEAVES = text(
-    "INSERT INTO merkle_leaves (leaf_index, position)"
-    " SELECT * FROM unnest(CAST(:indexes AS bigint[]), CAST(:positions AS bigint[]))"
+    "INSERT INTO merkle_leaves (leaf_index, position, tx_id)"
+    " SELECT i, p, t::xid8 FROM unnest(CAST(:indexes AS bigint[]),"
+    " CAST(:positions AS bigint[]), CAST(:tx_ids AS text[])) AS u(i, p, t)"
 )
 
 
-class TreeDamaged(Exception):
-    """A node the tree must hold is missing: its tables were changed behind its back."""
+class TreeDamaged(LedgerError):
+    """A node the tree must hold is missing: its tables were changed behind its back (a
+    500 that says so: the stored data, not the request, is at fault)."""
 
 
 def try_lock(conn: Connection) -> bool:
@@ -122,14 +125,21 @@ def extend_tree(conn: Connection, limit: int = GROW_BATCH) -> int:
     The caller holds :data:`TREE_LOCK` for the transaction.
     """
     size = tree_size(conn)
-    after = 0
+    # The cursor is the last leaf's own (tx_id, position), not a lookup of its event: a
+    # deleted row must not stop the tree (the export then shows what is missing).
+    tx_id, position = cast(literal("0"), Xid8), literal(0, BigInteger)
     if size:
         last = conn.execute(
-            select(merkle_leaves.c.position).where(merkle_leaves.c.leaf_index == size - 1)
-        ).scalar()
-        after = int(last) if last is not None else 0
+            select(merkle_leaves.c.tx_id, merkle_leaves.c.position).where(
+                merkle_leaves.c.leaf_index == size - 1
+            )
+        ).one()
+        tx_id, position = cast(literal(str(last.tx_id)), Xid8), literal(last.position, BigInteger)
     rows = conn.execute(
-        global_selection(after, columns=(events.c.position, events.c.hash)).limit(limit)
+        select(events.c.position, events.c.hash, cast(events.c.tx_id, Text))
+        .where(*visible_after(tx_id, position))
+        .order_by(events.c.tx_id, events.c.position)
+        .limit(limit)
     ).all()
     if not rows:
         return 0
@@ -137,7 +147,7 @@ def extend_tree(conn: Connection, limit: int = GROW_BATCH) -> int:
     levels: list[int] = []
     indexes: list[int] = []
     hashes: list[bytes] = []
-    for _position, digest in rows:
+    for _position, digest, _tx_id in rows:
         for level, index, node in frontier.append(leaf_hash(bytes.fromhex(digest))):
             levels.append(level)
             indexes.append(index)
@@ -145,7 +155,11 @@ def extend_tree(conn: Connection, limit: int = GROW_BATCH) -> int:
     conn.execute(_INSERT_NODES, {"levels": levels, "indexes": indexes, "hashes": hashes})
     conn.execute(
         _INSERT_LEAVES,
-        {"indexes": list(range(size, size + len(rows))), "positions": [p for p, _ in rows]},
+        {
+            "indexes": list(range(size, size + len(rows))),
+            "positions": [p for p, _, _ in rows],
+            "tx_ids": [t for _, _, t in rows],
+        },
     )
     return len(rows)
 

@@ -11,6 +11,7 @@ or another root (something among the covered events changed, went or came).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +23,7 @@ from ledger.transparency.merkle import Frontier, leaf_hash
 from ledger.transparency.note import Checkpoint
 
 MAX_NAMED = 20  # problems named one by one; the rest are counted
+HEX_HASH = re.compile(r"[0-9a-f]{64}")
 
 
 class BadRecord(ValueError):
@@ -45,9 +47,8 @@ def event_from_record(record: Any) -> Event:
             if not isinstance(record[name], int) or isinstance(record[name], bool):
                 raise BadRecord(f"{name} is not an integer")
         digest = record["hash"]
-        if not isinstance(digest, str) or len(digest) != 64:
-            raise BadRecord("hash is not 64 hex digits")
-        bytes.fromhex(digest)
+        if not isinstance(digest, str) or not HEX_HASH.fullmatch(digest):
+            raise BadRecord("hash is not 64 lowercase hex digits")
         if not isinstance(record["data"], dict):
             raise BadRecord("data is not an object")
     except (ValueError, TypeError) as exc:

@@ -113,10 +113,10 @@ def open_note(note: str, verifier: Verifier) -> str:
     cut = note.rfind("\n\n")
     if cut < 0:
         raise NoteError("a signed note has a blank line before its signatures")
+    if any((c < " " and c != "\n") or c == "\x7f" for c in note):
+        raise NoteError("a signed note holds control characters")
     text, signatures = note[: cut + 1], note[cut + 2 :]
-    if any(c != "\n" and not c.isprintable() for c in text):
-        raise NoteError("the note's text holds control characters")
-    lines = signatures.splitlines()
+    lines = signatures[:-1].split("\n")
     if not lines or len(lines) > MAX_SIGNATURES:
         raise NoteError("a signed note has between 1 and 100 signature lines")
     parsed = []
@@ -128,11 +128,14 @@ def open_note(note: str, verifier: Verifier) -> str:
         if len(raw) < 5 or not name or " " in encoded:
             raise NoteError("a signature line is a key name, a space and a key ID + signature")
         parsed.append((name, raw))
-    for name, raw in parsed:
-        if name != verifier.name or raw[:4] != verifier.key_id:
-            continue  # another key's signature: not ours to judge
+    ours = [raw for name, raw in parsed if name == verifier.name and raw[:4] == verifier.key_id]
+    # Every signature by the key must verify (others' are not ours to judge).
+    for raw in ours:
         if not verifier.verifies(text.encode(), raw[4:]):
-            raise NoteError(f"the signature of {name} does not verify: the note was changed")
+            raise NoteError(
+                f"the signature of {verifier.name} does not verify: the note was changed"
+            )
+    if ours:
         return text
     names_seen = [name for name, _ in parsed]
     if verifier.name in names_seen:
@@ -157,7 +160,8 @@ class Checkpoint:
         origin, size, root = lines[0], lines[1], lines[2]
         if not origin:
             raise NoteError("a checkpoint's first line (its origin) is empty")
-        if not (size.isascii() and size.isdigit()) or (len(size) > 1 and size[0] == "0"):
+        decimal = size.isascii() and size.isdigit() and len(size) <= 20  # a uint64
+        if not decimal or (len(size) > 1 and size[0] == "0"):
             raise NoteError(f"a checkpoint's tree size is a decimal number, not {size[:30]!r}")
         digest = b64decode(root, "the checkpoint's root hash")
         if len(digest) != HASH_SIZE:

@@ -6,6 +6,7 @@ database. Several hosts serving one database must be given the same key.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -21,6 +22,8 @@ from ledger.settings import Settings
 from ledger.transparency.note import NoteError, Verifier, check_name
 
 KEY_FILE = "checkpoint-key.pem"
+# The newest checkpoint this host's key signed or proved: what it must never contradict.
+VOUCHED_FILE = "checkpoint-vouched"
 
 
 def parse_private_key(pem: str, source: str) -> Ed25519PrivateKey:
@@ -35,6 +38,10 @@ def parse_private_key(pem: str, source: str) -> Ed25519PrivateKey:
 
 def key_path(settings: Settings) -> Path:
     return settings.data_dir / KEY_FILE
+
+
+def vouched_path(settings: Settings) -> Path:
+    return settings.data_dir / VOUCHED_FILE
 
 
 def load_signing_key(settings: Settings, *, create: bool = False) -> Ed25519PrivateKey | None:
@@ -55,8 +62,12 @@ def load_signing_key(settings: Settings, *, create: bool = False) -> Ed25519Priv
         return None
     key = Ed25519PrivateKey.generate()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first: use that one
+        return parse_private_key(path.read_text(), str(path))
+    with os.fdopen(fd, "wb") as out:
+        out.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
     return key
 
 

@@ -5,7 +5,9 @@ Tables (design, section 9):
 * ``merkle_nodes (level, node_index, hash)``: the hash of every perfect subtree of the
   tree over the global order; level 0 holds the leaf hashes. Any proof at any size reads
   O(log n) of them.
-* ``merkle_leaves (leaf_index, position)``: which event each leaf is.
+* ``merkle_leaves (leaf_index, position, tx_id)``: which event each leaf is, and where it
+  stands in the global order (the growth's cursor, which does not depend on the event's
+  row still being there).
 * ``checkpoints (tree_size, root_hash, signed_at, note)``: every signed checkpoint.
 
 All three refuse UPDATE, DELETE and TRUNCATE like ``events`` (the refusal now names its
@@ -61,7 +63,8 @@ def upgrade() -> None:
         """
         CREATE TABLE merkle_leaves (
             leaf_index  bigint PRIMARY KEY CHECK (leaf_index >= 0),
-            position    bigint NOT NULL UNIQUE
+            position    bigint NOT NULL UNIQUE,
+            tx_id       xid8 NOT NULL
         )
         """
     )

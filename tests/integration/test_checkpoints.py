@@ -345,6 +345,18 @@ def test_kept_checkpoints_that_were_changed_or_signed_by_another_key_are_refused
     usage = ledger(live, "verify", "--checkpoint", str(changed))
     assert usage.returncode == 2
     assert "--checkpoint goes with --export" in usage.stderr
+    for args, said in (
+        (("checkpoint", "fetch", "-o", str(tmp_path / "no" / "such" / "dir")), "cannot write"),
+        (("checkpoint", "verify", str(changed), "--key", "x" * 300), "--key: a verifier key"),
+        (
+            ("verify", "--export", str(changed), "--checkpoint", str(changed), "--key", "a+b+c"),
+            "--key: a verifier key's key ID",
+        ),
+    ):
+        done = ledger(live, *args)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith(f"ledger: {said}"), done.stderr
 
 
 TAMPERING = {
@@ -415,6 +427,105 @@ def test_a_rewritten_tree_is_never_signed_and_is_named(
     done = ledger(live, "checkpoint", "verify", str(early))
     assert done.returncode == 1, done.stderr
     assert "history was rewritten" in done.stderr
+    # Deleting every stored checkpoint and restarting does not make it forget what it
+    # vouched for (kept beside its key): still nothing is signed.
+    as_superuser(db, "DELETE FROM checkpoints")
+    live.stop()
+    live.start()
+    fill(live, sessions=1)
+    assert wait_until(lambda: live.log().count("refusing to sign a checkpoint") >= 2)
+    assert db.execute("SELECT count(*) FROM checkpoints").fetchone() == (0,)
+
+
+def test_a_damaged_tree_is_refused_loudly_and_the_server_keeps_serving(
+    server_factory: Callable[..., LiveServer], db: psycopg.Connection[Any]
+) -> None:
+    live = server_factory(**FAST)
+    fill(live, sessions=1, events=3)
+    size = signed_all(live, db)
+    as_superuser(db, "DELETE FROM merkle_nodes WHERE level = 1 AND node_index = 0")
+    fill(live, sessions=1, events=1)
+    # Every round says so (the checkpointer lives on), and nothing is signed.
+    assert wait_until(lambda: live.log().count("the stored tree cannot grow") >= 2)
+    assert signed_size(live) == size
+    with live.client(headers=auth("auditor")) as client:
+        third = db.execute("SELECT position FROM merkle_leaves WHERE leaf_index = 2").fetchone()
+        assert third is not None
+        params = {"position": third[0], "tree_size": size}  # its path is the lost node
+        response = client.get("/api/proofs/inclusion", params=params)
+        assert response.status_code == 500
+        assert "the tree lacks" in response.json()["detail"]
+        assert client.get("/api/sessions").status_code == 200
+
+
+def test_the_tree_grows_past_a_deleted_event(
+    server_factory: Callable[..., LiveServer], db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """The newest leaf's event deleted: the tree goes on (its cursor is its own), and the
+    export shows the deletion against any checkpoint that covered it."""
+    live = server_factory(**FAST)
+    fill(live, sessions=1, events=3)
+    size = signed_all(live, db)
+    kept = tmp_path / "kept"
+    assert ledger(live, "checkpoint", "fetch", "-o", str(kept)).returncode == 0
+    as_superuser(db, "DELETE FROM events WHERE position = (SELECT max(position) FROM events)")
+    fill(live, sessions=1, events=2)
+    assert wait_until(lambda: signed_size(live) == size + 2)
+    exported = export(live, tmp_path / "after.ndjson")
+    done = ledger(live, "verify", "--export", str(exported), "--checkpoint", str(kept))
+    assert done.returncode == 1
+    assert "an event among them was changed, removed, added or moved" in done.stderr
+
+
+def test_an_event_forged_into_the_middle_of_the_order_is_named(
+    server_factory: Callable[..., LiveServer], db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    live = server_factory(**FAST)
+    sessions = fill(live, sessions=2, events=3)
+    signed_all(live, db)
+    kept = tmp_path / "kept"
+    assert ledger(live, "checkpoint", "fetch", "-o", str(kept)).returncode == 0
+    # A row with an old transaction id sorts among the signed events; global readers and
+    # the tree never see it, the export does.
+    as_superuser(
+        db,
+        "INSERT INTO events (tx_id, session_id, version, type, status, progress, data, actor,"
+        " recorded_at, prev_hash, hash) SELECT tx_id, session_id, 4, type, status, 60, data,"
+        f" actor, recorded_at, hash, encode(sha256('x'), 'hex') FROM events"
+        f" WHERE session_id = '{sessions[0]}' AND version = 1",
+    )
+    exported = export(live, tmp_path / "after.ndjson")
+    done = ledger(live, "verify", "--export", str(exported), "--checkpoint", str(kept))
+    assert done.returncode == 1, done.stderr
+    assert f"session {sessions[0]}" in done.stderr
+    assert "the checkpoint signed" in done.stderr  # and the root differs
+
+
+def test_an_offline_check_needs_only_the_key(
+    server_factory: Callable[..., LiveServer], db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """No JWT secret, no server: the data directory holds only the signing key."""
+    live = server_factory(**FAST)
+    fill(live, sessions=1)
+    signed_all(live, db)
+    kept = tmp_path / "kept"
+    kept.write_text(latest_note(live))
+    exported = export(live, tmp_path / "ledger.ndjson")
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "checkpoint-key.pem").write_bytes((live.data_dir / "checkpoint-key.pem").read_bytes())
+    live.stop()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    command = ["verify", "--export", str(exported), "--checkpoint", str(kept)]
+    done = subprocess.run(
+        [sys.executable, "-m", "ledger", *command],
+        env={**clean, "LEDGER_DATA_DIR": str(alone)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "the public half of" in done.stderr
 
 
 def forged_tree_statements(db: psycopg.Connection[Any], leaf: int, data: bytes) -> list[str]:

@@ -158,6 +158,10 @@ def test_bad_verifier_keys_are_refused(line: str) -> None:
         PN_TEXT + "\n" + PN_SIGLINE * 101,
         "\x01" + PN_TEXT + "\n" + PN_SIGLINE,
         PN_TEXT + "\n" + PN_SIGLINE[:60] + "ABCD" + PN_SIGLINE[60:],
+        PN_TEXT + "\n" + PN_SIGLINE.replace("\n", "\r\n"),  # CR: a control character
+        PN_TEXT.replace("you", "y\tou") + "\n" + PN_SIGLINE,
+        # A second signature by the same key that does not verify spoils the note.
+        PN_TEXT + "\n" + PN_SIGLINE + PN_SIGLINE[:60] + "ABCD" + PN_SIGLINE[64:],
     ],
 )
 def test_malformed_notes_are_refused(note: str) -> None:
@@ -175,6 +179,7 @@ def test_malformed_notes_are_refused(note: str) -> None:
         "Log\n-34\n" + "A" * 43 + "=\n",
         "Log\n007\n" + "A" * 43 + "=\n",
         "Log\n1\nYmFuYW5hcw==\n",
+        "Log\n" + "9" * 21 + "\n" + "A" * 43 + "=\n",
     ],
 )
 def test_malformed_checkpoint_bodies_are_refused(text: str) -> None:
