@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -47,6 +48,9 @@ from ledger.transparency.note import (
 
 log = logging.getLogger(__name__)
 
+# With nothing committed, one round in this many still looks (a minute at the default).
+IDLE_ROUNDS = 6
+
 
 class Inconsistent(Exception):
     """The tree as stored does not extend a checkpoint already signed."""
@@ -60,6 +64,7 @@ class Checkpointer:
         verifier: Verifier,
         every: float,
         vouched: Path,
+        activity: Callable[[], int],
     ) -> None:
         self.engine = engine
         self.tree = Tree(engine)
@@ -67,11 +72,26 @@ class Checkpointer:
         self.verifier = verifier
         self.every = every
         self.vouched = vouched
+        self.activity = activity
+        self._seen: int | None = None
+        self._quiet_rounds = 0
+
+    def _due(self) -> bool:
+        """Skip rounds (no statement at all) while nothing was committed anywhere: the
+        listener hears every commit of every process. Events a long transaction held back
+        and no notification announced are taken by a round every IDLE_ROUNDS."""
+        now = self.activity()
+        if now == self._seen and self._quiet_rounds < IDLE_ROUNDS:
+            self._quiet_rounds += 1
+            return False
+        self._seen, self._quiet_rounds = now, 0
+        return True
 
     async def run(self) -> None:
         while True:
             try:
-                await self.round()
+                if self._due():
+                    await self.round()
             except Inconsistent as exc:
                 metrics.CHECKPOINT_REFUSALS.inc()
                 log.error("refusing to sign a checkpoint: %s", exc)
@@ -84,8 +104,10 @@ class Checkpointer:
     async def round(self) -> StoredCheckpoint | None:
         """Grow the tree over everything committed, then sign its head if due."""
         try:
-            while (await self.tree.grow(GROW_BATCH)) == GROW_BATCH:
+            while (added := await self.tree.grow(GROW_BATCH)) == GROW_BATCH:
                 pass
+            if added:
+                self._seen = None  # more may have become visible meanwhile: look again
         except TreeDamaged as exc:
             raise Inconsistent(f"the stored tree cannot grow: {exc}") from None
         async with self.engine.begin() as conn:

@@ -107,6 +107,7 @@ async def running(settings: Settings, url: str | None = None) -> AsyncIterator[R
                 checkpoint_verifier,
                 settings.checkpoint_seconds,
                 vouched_path(settings),
+                activity=lambda: hub.activity,
             )
             signing = asyncio.create_task(checkpointer.run(), name="ledger-checkpointer")
             stack.callback(signing.cancel)

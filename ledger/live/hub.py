@@ -39,6 +39,9 @@ class Hub:
         self._dispatching: asyncio.Task[None] | None = None
         self._revalidating: asyncio.Task[None] | None = None
         self._closing = False
+        # Counts what the listener reported (notifications, reconnects): who works only
+        # when something was committed (the checkpointer) looks here first.
+        self.activity = 0
 
     # -- registry ---------------------------------------------------------------------
 
@@ -101,12 +104,14 @@ class Hub:
     def connected(self) -> None:
         """The listener (re)connected: whatever was committed, or an assignment removed,
         while nobody listened is only in the tables."""
+        self.activity += 1
         self._everyone_catches_up()
         self._revalidating = asyncio.create_task(self._revalidate_access())
 
     def announced(self, entries: Sequence[VersionRange | Unreadable]) -> None:
         """One notification's sessions and versions; read and fanned out in the background."""
         metrics.NOTIFICATIONS.inc()
+        self.activity += 1
         for sub in self._global:
             sub.catch_up()
         for entry in entries:

@@ -20,7 +20,7 @@ from ledger.api.schemas import MAX_POSITION, error_responses
 from ledger.auth import require_read_all
 from ledger.errors import BadRequest, Conflict, NotFound
 from ledger.storage import checkpoints
-from ledger.storage.tree import consistency_proof, event_exists, inclusion_proof, leaf_of
+from ledger.storage.tree import consistency_proof, inclusion_proof, placement
 
 router = APIRouter(tags=["checkpoints"])
 
@@ -129,20 +129,24 @@ async def prove_inclusion(
     require_read_all(principal)
 
     def prove(conn: Connection) -> InclusionOut:
-        signed = signed_size(conn)
-        if tree_size > signed:
-            raise BadRequest(f"tree_size {tree_size} is beyond the latest checkpoint ({signed})")
-        index = leaf_of(conn, position)
-        if index is None:
-            if not event_exists(conn, position):
+        found = placement(conn, position)
+        if tree_size > found.signed_size:
+            raise BadRequest(
+                f"tree_size {tree_size} is beyond the latest checkpoint ({found.signed_size})"
+            )
+        if found.leaf_index is None:
+            if not found.is_event:
                 raise NotFound(f"no event at position {position}")
             raise Conflict(f"the event at position {position} is not in the tree yet")
-        if index >= tree_size:
+        if found.leaf_index >= tree_size:
             raise Conflict(
-                f"the event at position {position} is leaf {index}: not in a tree of {tree_size}"
+                f"the event at position {position} is leaf {found.leaf_index}:"
+                f" not in a tree of {tree_size}"
             )
-        proof = inclusion_proof(conn, index, tree_size)
-        return InclusionOut(leaf_index=index, tree_size=tree_size, proof=[p.hex() for p in proof])
+        proof = inclusion_proof(conn, found.leaf_index, tree_size)
+        return InclusionOut(
+            leaf_index=found.leaf_index, tree_size=tree_size, proof=[p.hex() for p in proof]
+        )
 
     result: InclusionOut = await runtime.tree.read(prove)
     return result
