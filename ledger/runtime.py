@@ -28,7 +28,7 @@ from ledger.storage.history import History
 from ledger.storage.pool import create_pool
 from ledger.storage.reporting import Reporting
 from ledger.storage.sessions import Sessions
-from ledger.storage.tree import Tree
+from ledger.storage.tree import Proofs
 from ledger.transparency.note import Verifier
 from ledger.transparency.signing_key import load_signing_key, verifier_of, vouched_path
 
@@ -52,7 +52,7 @@ class Runtime:
     quotas: Quotas
     hub: Hub
     listener: Listener
-    tree: Tree
+    proofs: Proofs
     checkpoints: Checkpoints
     # None when checkpoints are turned off (LEDGER_CHECKPOINT_SECONDS=0).
     checkpoint_verifier: Verifier | None
@@ -128,7 +128,7 @@ async def running(settings: Settings, url: str | None = None) -> AsyncIterator[R
             ),
             hub=hub,
             listener=listener,
-            tree=Tree(engine),
+            proofs=Proofs(pool),
             checkpoints=Checkpoints(engine),
             checkpoint_verifier=checkpoint_verifier,
             engine=engine,

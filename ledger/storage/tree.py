@@ -14,22 +14,24 @@ the tree for an existing ledger calls them directly, and the server through
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Text, cast, func, literal, select, text
+from sqlalchemy import BigInteger, Connection, Text, TextClause, cast, func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ledger import metrics
 from ledger.errors import LedgerError
 from ledger.storage.global_order import visible_after
-from ledger.storage.tables import Xid8, checkpoints, events, merkle_leaves
+from ledger.storage.pool import Pool
+from ledger.storage.tables import Xid8, events, merkle_leaves
 from ledger.transparency.merkle import (
     Frontier,
     Node,
     Range,
     consistency_ranges,
-    inclusion_ranges,
     leaf_hash,
     nodes_needed,
     range_hash,
@@ -41,11 +43,28 @@ TREE_LOCK = 0x6C656467_74726565  # "ledg" "tree"
 GROW_BATCH = 2000
 
 _TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)").bindparams(key=TREE_LOCK)
-_READ_NODES = text(
+# In psycopg's parameter style: the proof routes run them on the hot-path pool; the
+# checkpointer and the migration, through SQLAlchemy (``named``).
+NODES_SQL = (
     "SELECT n.level, n.node_index, n.hash FROM merkle_nodes n"
-    " JOIN unnest(CAST(:levels AS smallint[]), CAST(:indexes AS bigint[]))"
+    " JOIN unnest(CAST(%(levels)s AS smallint[]), CAST(%(indexes)s AS bigint[]))"
     " AS w(level, node_index) USING (level, node_index)"
 )
+# The latest signed size, the leaf of the event at a position, and whether it exists.
+PLACEMENT_SQL = (
+    "SELECT (SELECT max(tree_size) FROM checkpoints),"
+    " (SELECT leaf_index FROM merkle_leaves WHERE position = %(position)s),"
+    " EXISTS (SELECT 1 FROM events WHERE position = %(position)s)"
+)
+SIGNED_SQL = "SELECT max(tree_size) FROM checkpoints"
+
+
+def named(sql: str) -> TextClause:
+    """``%(name)s`` parameters as SQLAlchemy's ``:name``."""
+    return text(re.sub(r"%\((\w+)\)s", r":\1", sql))
+
+
+_READ_NODES = named(NODES_SQL)
 _INSERT_NODES = text(
     "INSERT INTO merkle_nodes (level, node_index, hash)"
     " SELECT * FROM unnest(CAST(:levels AS smallint[]), CAST(:indexes AS bigint[]),"
@@ -73,15 +92,23 @@ def tree_size(conn: Connection) -> int:
 
 
 def read_nodes(conn: Connection, wanted: Iterable[Node]) -> dict[Node, bytes]:
-    wanted = sorted(set(wanted))
-    if not wanted:
+    query = node_query(wanted)
+    if query is None:
         return {}
-    rows = conn.execute(
-        _READ_NODES,
-        {"levels": [level for level, _ in wanted], "indexes": [index for _, index in wanted]},
-    )
+    return found_nodes(query, conn.execute(_READ_NODES, query))
+
+
+def node_query(wanted: Iterable[Node]) -> dict[str, list[int]] | None:
+    nodes = sorted(set(wanted))
+    if not nodes:
+        return None
+    return {"levels": [level for level, _ in nodes], "indexes": [index for _, index in nodes]}
+
+
+def found_nodes(query: dict[str, list[int]], rows: Iterable[Any]) -> dict[Node, bytes]:
+    """The rows as a dict; ``TreeDamaged`` if any node asked for is missing."""
     found = {(int(level), int(index)): bytes(digest) for level, index, digest in rows}
-    missing = [node for node in wanted if node not in found]
+    missing = [n for n in zip(query["levels"], query["indexes"], strict=True) if n not in found]
     if missing:
         raise TreeDamaged(f"the tree lacks {len(missing)} of its nodes, first {missing[0]}")
     return found
@@ -97,10 +124,6 @@ def root_at(conn: Connection, size: int) -> bytes:
     return range_hash(0, size, read_nodes(conn, root_nodes(size)))
 
 
-def inclusion_proof(conn: Connection, index: int, size: int) -> list[bytes]:
-    return hashes_of(conn, inclusion_ranges(index, size))
-
-
 def consistency_proof(conn: Connection, first: int, second: int) -> list[bytes]:
     return hashes_of(conn, consistency_ranges(first, second))
 
@@ -112,25 +135,6 @@ class Placement:
     signed_size: int  # of the latest checkpoint (0 before the first)
     leaf_index: int | None  # None while the tree does not hold it (or there is no event)
     is_event: bool
-
-
-def placement(conn: Connection, position: int) -> Placement:
-    """One statement: the latest signed size, the event's leaf, and whether it exists."""
-    row = conn.execute(
-        select(
-            select(func.max(checkpoints.c.tree_size)).scalar_subquery(),
-            select(merkle_leaves.c.leaf_index)
-            .where(merkle_leaves.c.position == position)
-            .scalar_subquery(),
-            select(events.c.position).where(events.c.position == position).exists(),
-        )
-    ).one()
-    signed, leaf, exists = row
-    return Placement(
-        signed_size=0 if signed is None else int(signed),
-        leaf_index=None if leaf is None else int(leaf),
-        is_event=bool(exists),
-    )
 
 
 def extend_tree(conn: Connection, limit: int = GROW_BATCH) -> int:
@@ -203,10 +207,41 @@ class Tree:
                 return None
             return await conn.run_sync(extend_tree, limit)
 
-    async def read(self, work: Callable[[Connection], Any]) -> Any:
-        """Run ``work`` on a connection without a transaction (no BEGIN, no COMMIT): every
-        node of a tree up to the signed size exists and never changes, so one statement's
-        view is as good as a snapshot, at a third of the round trips."""
-        async with self.engine.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            return await conn.run_sync(work)
+
+class Proofs:
+    """What the proof routes read, on the hot-path pool (autocommit, no pre-ping): every
+    node of a tree up to the signed size exists and never changes, so no snapshot is
+    needed across the two statements a proof takes."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    async def placement(self, position: int) -> Placement:
+        async with self.pool.connection() as conn:
+            metrics.DB_STATEMENTS.inc()
+            cursor = await conn.execute(PLACEMENT_SQL, {"position": position})
+            row = await cursor.fetchone()
+        assert row is not None
+        signed, leaf, exists = row
+        return Placement(
+            signed_size=0 if signed is None else int(signed),
+            leaf_index=None if leaf is None else int(leaf),
+            is_event=bool(exists),
+        )
+
+    async def signed_size(self) -> int:
+        async with self.pool.connection() as conn:
+            metrics.DB_STATEMENTS.inc()
+            row = await (await conn.execute(SIGNED_SQL)).fetchone()
+        return 0 if row is None or row[0] is None else int(row[0])
+
+    async def hashes(self, ranges: list[Range]) -> list[bytes]:
+        """MTH of each leaf range, from the stored nodes (one query)."""
+        query = node_query(nodes_needed(ranges))
+        nodes: dict[Node, bytes] = {}
+        if query is not None:
+            async with self.pool.connection() as conn:
+                metrics.DB_STATEMENTS.inc()
+                rows = await (await conn.execute(NODES_SQL, query)).fetchall()
+            nodes = found_nodes(query, rows)
+        return [range_hash(start, end, nodes) for start, end in ranges]

@@ -13,14 +13,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
-from sqlalchemy import Connection
 
 from ledger.api.deps import CurrentPrincipal, RuntimeDep
 from ledger.api.schemas import MAX_POSITION, error_responses
 from ledger.auth import require_read_all
 from ledger.errors import BadRequest, Conflict, NotFound
-from ledger.storage import checkpoints
-from ledger.storage.tree import consistency_proof, inclusion_proof, placement
+from ledger.transparency.merkle import consistency_ranges, inclusion_ranges
 
 router = APIRouter(tags=["checkpoints"])
 
@@ -109,11 +107,6 @@ async def verifier_key(runtime: RuntimeDep) -> PlainTextResponse:
     return PlainTextResponse(runtime.checkpoint_verifier.line() + "\n")
 
 
-def signed_size(conn: Connection) -> int:
-    latest = checkpoints.latest(conn)
-    return 0 if latest is None else latest.tree_size
-
-
 @router.get(
     "/api/proofs/inclusion",
     response_model=InclusionOut,
@@ -127,29 +120,24 @@ async def prove_inclusion(
 ) -> InclusionOut:
     """The RFC 9162 audit path of the event at ``position`` in the tree of ``tree_size``."""
     require_read_all(principal)
-
-    def prove(conn: Connection) -> InclusionOut:
-        found = placement(conn, position)
-        if tree_size > found.signed_size:
-            raise BadRequest(
-                f"tree_size {tree_size} is beyond the latest checkpoint ({found.signed_size})"
-            )
-        if found.leaf_index is None:
-            if not found.is_event:
-                raise NotFound(f"no event at position {position}")
-            raise Conflict(f"the event at position {position} is not in the tree yet")
-        if found.leaf_index >= tree_size:
-            raise Conflict(
-                f"the event at position {position} is leaf {found.leaf_index}:"
-                f" not in a tree of {tree_size}"
-            )
-        proof = inclusion_proof(conn, found.leaf_index, tree_size)
-        return InclusionOut(
-            leaf_index=found.leaf_index, tree_size=tree_size, proof=[p.hex() for p in proof]
+    found = await runtime.proofs.placement(position)
+    if tree_size > found.signed_size:
+        raise BadRequest(
+            f"tree_size {tree_size} is beyond the latest checkpoint ({found.signed_size})"
         )
-
-    result: InclusionOut = await runtime.tree.read(prove)
-    return result
+    if found.leaf_index is None:
+        if not found.is_event:
+            raise NotFound(f"no event at position {position}")
+        raise Conflict(f"the event at position {position} is not in the tree yet")
+    if found.leaf_index >= tree_size:
+        raise Conflict(
+            f"the event at position {position} is leaf {found.leaf_index}:"
+            f" not in a tree of {tree_size}"
+        )
+    proof = await runtime.proofs.hashes(inclusion_ranges(found.leaf_index, tree_size))
+    return InclusionOut(
+        leaf_index=found.leaf_index, tree_size=tree_size, proof=[p.hex() for p in proof]
+    )
 
 
 @router.get(
@@ -168,13 +156,8 @@ async def prove_consistency(
     require_read_all(principal)
     if first > second:
         raise BadRequest(f"first ({first}) is larger than second ({second})")
-
-    def prove(conn: Connection) -> ConsistencyOut:
-        signed = signed_size(conn)
-        if second > signed:
-            raise BadRequest(f"second ({second}) is beyond the latest checkpoint ({signed})")
-        proof = consistency_proof(conn, first, second)
-        return ConsistencyOut(first=first, second=second, proof=[p.hex() for p in proof])
-
-    result: ConsistencyOut = await runtime.tree.read(prove)
-    return result
+    signed = await runtime.proofs.signed_size()
+    if second > signed:
+        raise BadRequest(f"second ({second}) is beyond the latest checkpoint ({signed})")
+    proof = await runtime.proofs.hashes(consistency_ranges(first, second))
+    return ConsistencyOut(first=first, second=second, proof=[p.hex() for p in proof])
