@@ -65,16 +65,25 @@ def named(sql: str) -> TextClause:
 
 
 _READ_NODES = named(NODES_SQL)
+# The new rows go as comma-separated text and one bytea of concatenated hashes: psycopg
+# dumps a Python list as a text array element by element (with escaping), which cost more
+# than everything else in growing the tree (docs/ARCHITECTURE.md).
 _INSERT_NODES = text(
     "INSERT INTO merkle_nodes (level, node_index, hash)"
-    " SELECT * FROM unnest(CAST(:levels AS smallint[]), CAST(:indexes AS bigint[]),"
-    " CAST(:hashes AS bytea[]))"
+    " SELECT l, i, substring(CAST(:hashes AS bytea), CAST((o - 1) * 32 + 1 AS integer), 32)"
+    " FROM unnest(CAST(string_to_array(:levels, ',') AS smallint[]),"
+    " CAST(string_to_array(:indexes, ',') AS bigint[])) WITH ORDINALITY AS u(l, i, o)"
 )
 _INSERT_LEAVES = text(
     "INSERT INTO merkle_leaves (leaf_index, position, tx_id)"
-    " SELECT i, p, t::xid8 FROM unnest(CAST(:indexes AS bigint[]),"
-    " CAST(:positions AS bigint[]), CAST(:tx_ids AS text[])) AS u(i, p, t)"
+    " SELECT :first + o - 1, p, CAST(t AS xid8)"
+    " FROM unnest(CAST(string_to_array(:positions, ',') AS bigint[]),"
+    " string_to_array(:tx_ids, ',')) WITH ORDINALITY AS u(p, t, o)"
 )
+
+
+def joined(values: Iterable[object]) -> str:
+    return ",".join(map(str, values))
 
 
 class TreeDamaged(LedgerError):
@@ -170,13 +179,16 @@ def extend_tree(conn: Connection, limit: int = GROW_BATCH) -> int:
             levels.append(level)
             indexes.append(index)
             hashes.append(node)
-    conn.execute(_INSERT_NODES, {"levels": levels, "indexes": indexes, "hashes": hashes})
+    conn.execute(
+        _INSERT_NODES,
+        {"levels": joined(levels), "indexes": joined(indexes), "hashes": b"".join(hashes)},
+    )
     conn.execute(
         _INSERT_LEAVES,
         {
-            "indexes": list(range(size, size + len(rows))),
-            "positions": [p for p, _, _ in rows],
-            "tx_ids": [t for _, _, t in rows],
+            "first": size,
+            "positions": joined(p for p, _, _ in rows),
+            "tx_ids": joined(t for _, _, t in rows),
         },
     )
     return len(rows)
