@@ -183,5 +183,5 @@ def tree_figures(
 ) -> list[Figure]:
     figures = [build_figure(events, build_seconds)]
     figures += proof_figures(server, url, events)
-    figures += append_cost_figures(server, url, 4.0 if quick else 10.0, 1 if quick else 3)
+    figures += append_cost_figures(server, url, 4.0 if quick else 10.0, 1 if quick else 5)
     return figures
