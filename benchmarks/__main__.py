@@ -39,7 +39,7 @@ def run(settings: Settings, *, quick: bool, output: Path) -> int:
             try:
                 results = analytics_figures(server, url, events)
                 results += streaming_figures(server, url, bench_token(), quick)
-                results += tree_figures(server, url, events, build_seconds, quick)
+                results += tree_figures(settings, server, url, events, build_seconds, quick)
             finally:
                 server.stop()
     write_report(output, quick, results)

@@ -182,8 +182,11 @@ def soak(settings: Settings, args: argparse.Namespace) -> int:
                 fault_at = time.time() if args.fault != "none" else None
                 console.print(inject(args.fault, server, url))
                 load.stdin.write(json.dumps({"fault_at": fault_at}) + "\n")
-                load.stdin.flush()
-                out, _ = load.communicate()
+                load.stdin.close()
+                # Not communicate(): it reads the pipe's descriptor directly and would lose
+                # what readline() above has buffered already.
+                out = load.stdout.read()
+                load.wait()
             if load.returncode != 0:
                 raise RuntimeError("the load generator failed")
             result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
