@@ -212,19 +212,29 @@ def settle(server: ServerProcess, quiet_seconds: float = 2.0) -> None:
 STATEMENTS_PER_APPEND = 2
 
 
-def rss_kib(pid: int) -> int:
-    """Resident memory of a process and its children (the workers of ``--workers``)."""
-    total = 0
+def process_status() -> Iterator[tuple[int, dict[str, str]]]:
+    """Every process's pid and ``/proc/PID/status`` fields (those gone meanwhile skipped)."""
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
-            fields = dict(
-                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
-            )
+            text = status.read_text()
         except OSError:
             continue  # gone meanwhile
-        if int(status.parent.name) == pid or int(fields.get("PPid", "0")) == pid:
-            total += int(fields.get("VmRSS", "0 kB").split()[0])
-    return total
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        yield int(status.parent.name), {k: v.strip() for k, v in fields.items()}
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the workers of ``--workers``)."""
+    return sorted(child for child, fields in process_status() if fields.get("PPid") == str(pid))
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process and its children (the workers of ``--workers``)."""
+    return sum(
+        int(fields.get("VmRSS", "0 kB").split()[0])
+        for proc, fields in process_status()
+        if proc == pid or fields.get("PPid") == str(pid)
+    )
 
 
 def idle_costs(

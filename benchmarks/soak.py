@@ -35,6 +35,7 @@ from benchmarks.scenarios import (
     bench_database,
     bench_server,
     bench_token,
+    children,
     console,
     rss_kib,
     write_report,
@@ -43,18 +44,6 @@ from ledger.settings import Settings, get_settings
 from ledger.testing import ServerProcess
 
 FAULTS = ("kill-worker", "drop-connections", "none")
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            text = status.read_text()
-        except OSError:
-            continue
-        if f"\nPPid:\t{pid}\n" in text:
-            found.append(int(status.parent.name))
-    return sorted(found)
 
 
 def inject(fault: str, server: ServerProcess, url: str) -> str:

@@ -120,7 +120,7 @@ class Checkpointer:
         metrics.TREE_SIZE.set(size)
         last = checkpoints.latest(conn)
         trusted = self.load_vouched()
-        stored = self._as_checkpoint(last)
+        stored, ours = self._as_checkpoint(last)
         if stored is not None and stored.size == size and stored == trusted:
             return None  # nothing new since the head this host vouched for
         try:
@@ -139,7 +139,7 @@ class Checkpointer:
             raise Inconsistent(f"the stored tree does not extend the checkpoint: {exc}") from None
         # Both are prefixes of the tree as it is: the stored one is vouched for from now on.
         newer = stored is not None and (trusted is None or stored.size > trusted.size)
-        if last is not None and newer and self._ours(last):
+        if last is not None and newer and ours:
             self.vouch(last.note)
         if last is not None:
             now = conn.execute(select(func.now())).scalar_one()
@@ -151,23 +151,16 @@ class Checkpointer:
         metrics.CHECKPOINTS_SIGNED.inc()
         return signed
 
-    def _ours(self, stored: StoredCheckpoint) -> bool:
-        try:
-            read_checkpoint(stored.note, self.verifier)
-        except NoteError:
-            return False
-        return True
-
-    def _as_checkpoint(self, stored: StoredCheckpoint | None) -> Checkpoint | None:
-        """The last stored head as its signed note says (when this key signed it), else as
-        its row says (another key, rotated or misconfigured: its row still binds)."""
+    def _as_checkpoint(self, stored: StoredCheckpoint | None) -> tuple[Checkpoint | None, bool]:
+        """The last stored head as its signed note says, and True, when this key signed it;
+        else as its row says (another key, rotated or misconfigured: its row still binds)."""
         if stored is None:
-            return None
+            return None, False
         try:
-            return read_checkpoint(stored.note, self.verifier)
+            return read_checkpoint(stored.note, self.verifier), True
         except NoteError as exc:
             log.warning("checkpoint %d is not this key's (%s)", stored.tree_size, exc)
-            return Checkpoint(self.verifier.name, stored.tree_size, stored.root_hash)
+            return Checkpoint(self.verifier.name, stored.tree_size, stored.root_hash), False
 
     def load_vouched(self) -> Checkpoint | None:
         try:

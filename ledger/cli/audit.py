@@ -83,26 +83,25 @@ def find_verifier(settings: Settings, key: str | None, base_url: str | None) -> 
     if key is not None:
         line = read_text(key, "key file") if is_file(key) else key
         try:
-            verifier = Verifier.parse(line)
+            return chosen(Verifier.parse(line), "given with --key")
         except NoteError as exc:
             raise UsageError(f"--key: {exc}") from None
-        say(f"verifier key: {verifier.line()} (given with --key)")
-        return verifier
     signing = load_signing_key(settings)
     if signing is not None:
-        verifier = verifier_of(settings, signing)
         where = "LEDGER_CHECKPOINT_KEY" if settings.checkpoint_key else str(key_path(settings))
-        say(f"verifier key: {verifier.line()} (the public half of {where})")
-        return verifier
+        return chosen(verifier_of(settings, signing), f"the public half of {where}")
     if base_url is None:
         raise SetupError("no verifier key: pass --key, or run where the signing key is")
-    server = Server(base_url, None)
-    line = server.get("/api/checkpoint/key").text
+    line = Server(base_url, None).get("/api/checkpoint/key").text
     try:
         verifier = Verifier.parse(line)
     except NoteError as exc:
         raise SetupError(f"the server's published key is unusable: {exc}") from None
-    say(f"verifier key: {verifier.line()} (published by {server.base_url}; pass --key to pin it)")
+    return chosen(verifier, f"published by {base_url}; pass --key to pin it")
+
+
+def chosen(verifier: Verifier, how: str) -> Verifier:
+    say(f"verifier key: {verifier.line()} ({how})")
     return verifier
 
 

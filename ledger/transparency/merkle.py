@@ -107,7 +107,14 @@ def range_hash(start: int, end: int, nodes: Mapping[Node, bytes]) -> bytes:
     """MTH(D[start:end]) from stored perfect subtrees (the right edge folds right to left)."""
     if end <= start:
         return EMPTY_ROOT
-    hashes = [nodes[node] for node in perfect_nodes(start, end)]
+    return fold([nodes[node] for node in perfect_nodes(start, end)])
+
+
+def fold(hashes: Sequence[bytes]) -> bytes:
+    """The root over perfect subtrees, largest first: folded right to left (RFC 9162's
+    split puts the largest power of two on the left)."""
+    if not hashes:
+        return EMPTY_ROOT
     root = hashes[-1]
     for left in reversed(hashes[:-1]):
         root = node_hash(left, root)
@@ -149,12 +156,7 @@ class Frontier:
         return created
 
     def root(self) -> bytes:
-        if not self.hashes:
-            return EMPTY_ROOT
-        root = self.hashes[-1]
-        for left in reversed(self.hashes[:-1]):
-            root = node_hash(left, root)
-        return root
+        return fold(self.hashes)
 
 
 def tree_root(leaves: Sequence[bytes]) -> bytes:
