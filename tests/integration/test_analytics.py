@@ -267,6 +267,24 @@ def test_bad_ranges(
                 client.get(f"/api/analytics/{what}", headers=auth("patient", "p")).status_code
                 == 403
             )
+            # Near year 1 the default week would start before it (this was a 500).
+            early = client.get(
+                f"/api/analytics/{what}",
+                params={"to": "0001-01-02T08:16:52Z"},
+                headers=auth("admin"),
+            )
+            assert early.status_code == 200, early.text
+            assert early.json()["range"]["from"].startswith("0001-01-01T00:00:00")
+        for path in ("/api/analytics/throughput", "/api/events"):
+            for bound in ("from", "to"):
+                # Year 1 at +14:00 is year 0 in UTC: no Python datetime holds it.
+                beyond = client.get(
+                    path, params={bound: "0001-01-01T00:00:00+14:00"}, headers=auth("admin")
+                )
+                assert beyond.status_code == 400, beyond.text
+                assert beyond.json() == {
+                    "detail": f"'{bound}' is outside the years 1 to 9999 in UTC"
+                }
         too_many = client.get(
             "/api/analytics/throughput",
             params={"from": "2000-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z", "bucket": "hour"},

@@ -28,7 +28,11 @@ def has_time_range(operation: Any) -> bool:
 def contract_400(operation: Any, detail: str) -> bool:
     """The 400s the design prescribes for rules OpenAPI cannot state."""
     if has_time_range(operation):
-        return detail == "'from' is after 'to'" or detail.startswith("at most")
+        return (
+            detail == "'from' is after 'to'"
+            or detail.startswith("at most")
+            or detail.endswith("is outside the years 1 to 9999 in UTC")
+        )
     # A proof beyond the latest signed tree, or from a larger tree to a smaller one.
     return "beyond the latest checkpoint" in detail or "is larger than second" in detail
 

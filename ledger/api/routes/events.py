@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Response
 from ledger.api.deps import CurrentPrincipal, RuntimeDep
 from ledger.api.responses import EXPORT_RESPONSES, FormatQuery, export_response, page_response
 from ledger.api.schemas import MAX_POSITION, PageOut
-from ledger.api.time_range import check_order
+from ledger.api.time_range import bounds
 from ledger.auth import require_read_all
 
 router = APIRouter(prefix="/api/events", tags=["events"])
@@ -32,7 +32,7 @@ async def global_history(
 ) -> Response:
     """A page in commit-safe global order, or with ``format=ndjson|csv`` the whole selection."""
     require_read_all(principal)
-    check_order(start, end)
+    start, end = bounds(start, end)
     await runtime.global_order.check_cursor(after)
     if fmt != "json":
         batches = runtime.reporting.export_range(after, start, end)
