@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -21,6 +23,35 @@ BEARER = re.compile(r"(?i)(bearer\s+)[\w\-.~+/]+=*")
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 LogFormat = Literal["json", "text"]
+
+
+class Throttled:
+    """A warning that anyone can cause thousands of times a second (every stream of a
+    failover, every refused request of an overload) logged at most once per ``every``
+    seconds, with how many were left out: the log stays readable and cheap."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        every: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.every = every
+        self.clock = clock
+        self.skipped = 0
+        self._last: float | None = None
+
+    def warning(self, message: str, *args: object) -> None:
+        now = self.clock()
+        if self._last is not None and now - self._last < self.every:
+            self.skipped += 1
+            return
+        if self.skipped:
+            message += " (and %d more like it in the last %.0f s)"
+            args = (*args, self.skipped, now - self._last if self._last is not None else 0)
+        self.logger.warning(message, *args)
+        self._last, self.skipped = now, 0
 
 
 def redact(text: str) -> str:

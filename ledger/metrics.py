@@ -22,6 +22,11 @@ CATCHUP_READS = Counter(
 LISTENER_RECONNECTS = Counter(
     "ledger_listener_reconnects_total", "Times the LISTEN connection was (re)established"
 )
+OPENING_WAITING = Gauge(
+    "ledger_streams_waiting_to_open",
+    "Stream opens parked until one of the process's opening slots is free",
+    multiprocess_mode="livesum",
+)
 LISTENER_UP = Gauge(
     "ledger_listener_up",
     "1 while the LISTEN connection is established (summed over worker processes)",
@@ -36,7 +41,7 @@ APPEND_RACES = Counter(
 )
 LIMITED = Counter(
     "ledger_limited_total",
-    "Requests refused (429) by a per-subject limit",
+    "Requests refused by a limit: 429 per subject (streams, appends), 503 per process (opening)",
     ["limit"],
 )
 NOTIFICATIONS = Counter("ledger_notifications_total", "Notifications received by the listener")

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     # Per subject and per process; 0 turns a limit off.
     max_streams_per_subject: int = Field(default=200, ge=0)
     max_appends_per_second_per_subject: float = Field(default=500.0, ge=0)
+    # Streams opening at once per process (request received, response not started); 8 times
+    # as many wait, and more are answered 503 with a Retry-After of 1-10 s (0: no limit).
+    max_opening_streams: int = Field(default=64, ge=0)
     # Connections per process: see the README's connection budget.
     pool_size: int = Field(default=16, ge=1)
     # How long a request waits for a free connection before it answers 503.

@@ -6,7 +6,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -364,3 +364,30 @@ def signed_size(server: LiveServer) -> int:
         return 0
     assert response.status_code == 200, response.text
     return int(response.text.split("\n")[1])
+
+
+@contextmanager
+def tables_locked(database_url: str, *tables: str) -> Iterator[Callable[[], int]]:
+    """Hold an exclusive lock on ``tables``; yields how many statements wait on it."""
+    with psycopg.connect(database_url) as holder, psycopg.connect(database_url) as probe:
+        probe.autocommit = True
+        holder.execute(f"LOCK TABLE {', '.join(tables)} IN ACCESS EXCLUSIVE MODE")
+
+        def waiting() -> int:
+            row = probe.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        yield waiting
+        holder.rollback()
+
+
+def stream_status(base_url: str, path: str) -> int:
+    """Open a stream as an admin, return its status code, close it."""
+    with (
+        httpx.Client(base_url=base_url, timeout=httpx.Timeout(30.0)) as client,
+        client.stream("GET", path, headers=auth("admin", "storm")) as response,
+    ):
+        return response.status_code

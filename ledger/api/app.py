@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from ledger import __version__
 from ledger.api import docs, errors, lean
+from ledger.api.admission import OpeningGate
 from ledger.api.middleware import BodyLimit, Observe, StrictJson
 from ledger.api.openapi import refine_openapi
 from ledger.api.routes import LEAN, ROUTERS, dashboard
@@ -46,7 +47,8 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_seconds
     )
-    # Outside the body checks, so that their refusals (413, 408, 422) carry CORS headers.
+    app.add_middleware(OpeningGate, limit=settings.max_opening_streams)
+    # Outside the body checks and the gate, so that their refusals carry CORS headers.
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -22,9 +22,12 @@ from starlette.types import Receive, Scope, Send
 from ledger import metrics
 from ledger.live.feeds import Item, Kind
 from ledger.live.subscription import Subscription
+from ledger.logs import Throttled
 from ledger.wire import HEARTBEAT, Encoded, sse_frame, sse_retry
 
 log = logging.getLogger(__name__)
+# Every stream of a failover ends at once: one line for them all.
+ended_log = Throttled(log)
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache",
@@ -86,7 +89,7 @@ class FeedResponse(Response):
             except Exception as exc:
                 # The database went away mid-stream: end the response cleanly; the client
                 # resumes with Last-Event-ID once it is back.
-                log.warning("stream ended by an error: %s", exc)
+                ended_log.warning("stream ended by an error: %s", exc)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             pass  # The client went away mid-write; its subscription is released below.

@@ -31,12 +31,15 @@ from ledger.auth import Principal, Role, require_read_all
 from ledger.domain import CarePair
 from ledger.errors import Forbidden, LedgerError, TooManyRequests
 from ledger.live.feeds import Clock, GlobalFeed, Kind, SessionFeed, parse_last_event_id
+from ledger.logs import Throttled
 from ledger.runtime import Runtime
 from ledger.storage.database import DATABASE_ERRORS
 from ledger.storage.sessions import SessionRecord
 from ledger.wire import Encoded, ws_message
 
 log = logging.getLogger(__name__)
+# Every stream of a failover ends at once: one line for them all.
+ended_log = Throttled(log)
 FeedT = TypeVar("FeedT")
 router = APIRouter(tags=["streams"])
 
@@ -218,7 +221,7 @@ async def session_ws(websocket: WebSocket, session_id: UUID) -> None:
         except (WebSocketDisconnect, OSError, RuntimeError):
             pass  # Gone mid-write; the subscription is released with the stack.
         except DATABASE_ERRORS as exc:
-            log.warning("websocket stream ended by a database error: %s", exc)
+            ended_log.warning("websocket stream ended by a database error: %s", exc)
             with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
                 await websocket.close(1011, "database unavailable: resume shortly")
         finally:
