@@ -50,6 +50,15 @@ def backoff_delays(base: float, cap: float) -> Callable[[int], float]:
     return lambda attempt: random.uniform(0, min(cap, base * 2**attempt))
 
 
+def retry_after(response: httpx.Response) -> float:
+    """The seconds a 429 or 503 asks the client to wait (the server spreads them out), or 0.
+
+    Only the delay form: this server never sends a date.
+    """
+    value = response.headers.get("Retry-After", "")
+    return float(value) if value.isdigit() else 0.0
+
+
 class Reporter:
     """Appends a session's progress, retrying through timeouts and outages safely.
 
@@ -141,15 +150,17 @@ class Reporter:
             headers = {"Authorization": f"Bearer {_token(self.token)}"}
             if key is not None:
                 headers["Idempotency-Key"] = key
+            asked = 0.0
             try:
                 response = self.http.request(method, path, json=body, headers=headers)
                 if response.status_code not in RETRYABLE_STATUS or attempt >= self.retries:
                     return response
+                asked = retry_after(response)
             except httpx.TransportError:
                 # Sent or not, the same key makes the retry safe.
                 if attempt >= self.retries:
                     raise
-            time.sleep(self.delay(attempt))
+            time.sleep(max(asked, self.delay(attempt)))
             attempt += 1
 
 
@@ -201,6 +212,7 @@ async def follow(
             headers = {"Authorization": f"Bearer {_token(token)}"}
             if last is not None:
                 headers["Last-Event-ID"] = str(last)
+            asked = 0.0
             try:
                 async with http.stream("GET", path, headers=headers) as response:
                     if response.status_code == 204:
@@ -215,9 +227,11 @@ async def follow(
                     elif response.status_code not in RETRYABLE_STATUS:
                         await response.aread()
                         raise LedgerClientError(response.status_code, _detail(response))
+                    else:
+                        asked = retry_after(response)
             except httpx.TransportError:
                 pass
-            await asyncio.sleep(delay(attempt))
+            await asyncio.sleep(max(asked, delay(attempt)))
             attempt += 1
 
 

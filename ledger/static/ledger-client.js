@@ -19,8 +19,9 @@
 // own `error` event (a lost connection) carries none. They share a name on EventSource, so
 // this module tells them apart. After `complete` or `error` a session's stream is closed for
 // good; a stream of many sessions (keepOpen) reports them and goes on.
-// When the browser gives up (the token expired: 401 closes EventSource), a tokenProvider
-// lets the stream reopen with a fresh token from the last event it saw.
+// When the browser gives up (any HTTP error closes EventSource: an expired token's 401, a
+// busy server's 503), the stream reopens from the last event it saw, with a growing,
+// jittered delay; a tokenProvider gives it a fresh token each time.
 
 export class LedgerStream {
   constructor(path, options = {}) {
@@ -29,6 +30,7 @@ export class LedgerStream {
     this.lastEventId = options.lastEventId ?? null;
     this.finished = false;
     this.opens = 0;
+    this.failures = 0;  // refused opens in a row (the backoff's exponent)
     this.source = null;
     this.#open();
   }
@@ -58,6 +60,7 @@ export class LedgerStream {
 
     source.addEventListener("open", () => {
       this.opens += 1;
+      this.failures = 0;
       call("onOpen");
     });
     const deliver = (message) => {
@@ -84,9 +87,14 @@ export class LedgerStream {
         return;
       }
       call("onConnectionError");
-      if (source.readyState === EventSource.CLOSED && !this.finished && this.options.tokenProvider) {
-        // The browser gave up (an HTTP error such as an expired token): reopen, resuming.
-        setTimeout(() => { if (!this.finished) this.#open(); }, 1000);
+      if (source.readyState === EventSource.CLOSED && !this.finished) {
+        // The browser gave up: an HTTP error (an expired token's 401, a busy server's 503).
+        // Reopen from the last event seen, after 0.5-1 s, then 1-2 s, 2-4 s ... up to 30 s:
+        // a thousand browsers refused at once do not come back in step.
+        this.failures += 1;
+        const ceiling = Math.min(30000, 1000 * 2 ** (this.failures - 1));
+        const wait = ceiling / 2 + Math.random() * (ceiling / 2);
+        setTimeout(() => { if (!this.finished) this.#open(); }, wait);
       }
     });
   }

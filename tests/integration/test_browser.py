@@ -5,19 +5,24 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import sync_playwright
 
+from ledger.api.admission import WAITING_PER_SLOT
 from tests.support import (
     LiveServer,
     append,
     append_retrying,
     create_session,
+    metric,
     signed_size,
+    stream_status,
     table_versions,
+    tables_locked,
     token,
     wait_until,
 )
@@ -324,3 +329,49 @@ def test_an_auditor_sees_the_checkpoint_and_proves_an_event_in_the_browser(
     patient.click("#sign-in-form button")
     patient.wait_for_selector("h1:has-text('Sessions')")
     assert patient.locator("#checkpoint").count() == 0
+
+
+def test_a_stream_refused_with_503_reopens_alone_and_misses_nothing(
+    browser: Any, server_factory: Callable[..., LiveServer], database_url: str
+) -> None:
+    # One stream may be opening at a time and 8 may wait: openers held at a table lock take
+    # the slot and the queue.
+    live = server_factory(LEDGER_MAX_OPENING_STREAMS="1")
+    with live.client() as client:
+        session_id = create_session(client, patient_id="shed")
+        append(client, session_id, {"status": "uploaded"})
+    page = browser.new_page()
+    page.goto(live.base_url + "/static/index.html")
+    path = f"/api/sessions/{session_id}/status/stream"
+    with ThreadPoolExecutor(1 + WAITING_PER_SLOT) as threads:
+        with tables_locked(database_url, "sessions", "events") as waiting:
+            held = [
+                threads.submit(stream_status, live.base_url, path)
+                for _ in range(1 + WAITING_PER_SLOT)
+            ]
+            assert wait_until(lambda: waiting() == 1)
+            assert wait_until(
+                lambda: metric(live, "ledger_streams_waiting_to_open") == WAITING_PER_SLOT
+            )
+            page.evaluate(
+                """async ([path, token]) => {
+                  const { LedgerStream } = await import("/static/ledger-client.js");
+                  window.shed = { refused: 0, events: [] };
+                  window.shed.stream = new LedgerStream(path, {
+                    token, lastEventId: 0,
+                    onConnectionError: () => { window.shed.refused += 1; },
+                    onEvent: (e) => window.shed.events.push(e.version),
+                  });
+                }""",
+                [path, token("admin", "browser")],
+            )
+            # Refused (503) and closed by the browser, twice: the reopen backs off.
+            page.wait_for_function("window.shed.refused >= 2", timeout=15_000)
+            assert page.evaluate("window.shed.stream.opens") == 0
+        assert [future.result() for future in held] == [200] * (1 + WAITING_PER_SLOT)
+    with live.client() as client:  # appended while the browser waits to reopen
+        append(client, session_id, {"status": "processed"})
+    page.wait_for_function("window.shed.events.length === 2", timeout=30_000)
+    assert page.evaluate("window.shed.events") == [1, 2]
+    assert page.evaluate("window.shed.stream.opens") == 1
+    assert metric(live, "ledger_limited_total", 'limit="opening"') >= 2
