@@ -16,6 +16,7 @@ import statistics
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 RECORDED = b'"recorded_at":"'
@@ -85,7 +86,11 @@ class Http:
 
 
 class Refused(Exception):
-    """A stream was answered with something other than 200."""
+    """A stream was answered with something other than 200 (and when to come back)."""
+
+    def __init__(self, status: str, retry_after: float | None = None) -> None:
+        super().__init__(status)
+        self.retry_after = retry_after
 
 
 async def open_stream(
@@ -98,13 +103,32 @@ async def open_stream(
         f"Authorization: Bearer {token}\r\n{extra}\r\n".encode()
     )
     status_line = await reader.readline()
-    while (await reader.readline()) not in (b"\r\n", b""):
-        pass  # headers
+    retry_after: float | None = None
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"retry-after" and value.strip().isdigit():
+            retry_after = float(value.strip())
     status = status_line.split()[1:2]
     if status != [b"200"]:
         writer.close()
-        raise Refused(status_line.decode(errors="replace").strip() or "connection closed")
+        raise Refused(
+            status_line.decode(errors="replace").strip() or "connection closed", retry_after
+        )
     return reader, writer
+
+
+async def open_admitted(
+    host: str, port: int, path: str, token: str, extra: str = ""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """``open_stream``, coming back after the server's ``Retry-After`` while it sheds a storm
+    of opens (LEDGER_MAX_OPENING_STREAMS), as a well-behaved client does."""
+    while True:
+        try:
+            return await open_stream(host, port, path, token, extra)
+        except Refused as refused:
+            if refused.retry_after is None:
+                raise
+            await asyncio.sleep(refused.retry_after)
 
 
 # -- scenarios ------------------------------------------------------------------------------
@@ -147,7 +171,7 @@ async def idle(
     opened = []
     for index in range(connections):
         path = f"/api/sessions/{sessions[index % len(sessions)]}/status/stream"
-        reader, writer = await open_stream(host, port, path, token)
+        reader, writer = await open_admitted(host, port, path, token)
         await reader.readline()  # the retry hint: the subscription exists
         opened.append((reader, writer))
     print(json.dumps({"ready": len(opened)}), flush=True)
@@ -187,7 +211,7 @@ async def latency(
             samples.append(time.time() - appended)
 
     async def streamer(session: str) -> None:
-        reader, writer = await open_stream(host, port, stream_path.format(session), token)
+        reader, writer = await open_admitted(host, port, stream_path.format(session), token)
         ready.append(1)
         if len(ready) == subscribers:
             all_ready.set()
@@ -262,7 +286,7 @@ async def latency(
 async def replay(host: str, port: int, token: str, session: str, count: int) -> dict[str, Any]:
     """Resume from 0 on a ``count``-event session; events per second delivered."""
     started = time.monotonic()
-    reader, writer = await open_stream(
+    reader, writer = await open_admitted(
         host, port, f"/api/sessions/{session}/status/stream?last_event_id=0", token
     )
     received = 0
@@ -282,6 +306,7 @@ async def replay(host: str, port: int, token: str, session: str, count: int) -> 
 
 def main(argv: list[str]) -> int:
     scenario, raw = argv[0], json.loads(argv[1])
+    result_path = raw.pop("result_path", None)
     raise_fd_limit()
     try:
         import uvloop
@@ -303,7 +328,12 @@ def main(argv: list[str]) -> int:
     result = asyncio.run(runners[scenario](**raw))
     wall = time.monotonic() - started
     result["client_cpu_percent"] = round(100 * (cpu_seconds() - before) / wall, 1)
-    print(json.dumps(result), flush=True)
+    if result_path is not None:
+        # The soak's answer is half a megabyte: read through the pipe it came back cut short
+        # (twice in six runs, with a worker killed), so it goes to a file.
+        Path(result_path).write_text(json.dumps(result))
+    else:
+        print(json.dumps(result), flush=True)
     return 0
 
 

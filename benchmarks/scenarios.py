@@ -380,9 +380,14 @@ def psycopg_select(url: str, session: str) -> float:
     return len(rows) / (time.monotonic() - started)
 
 
+def measuring_seconds(quick: bool) -> float:
+    """Each load's window: ``--quick`` only proves that every scenario runs (the suite runs it)."""
+    return 1.5 if quick else 10.0
+
+
 def streaming_figures(server: ServerProcess, url: str, token: str, quick: bool) -> list[Figure]:
     scale = 10 if quick else 1
-    seconds = 4.0 if quick else 10.0
+    seconds = measuring_seconds(quick)
     base = {"host": "127.0.0.1", "port": server.port, "token": token}
     assert server.process is not None
     figures: list[Figure] = []
@@ -390,6 +395,7 @@ def streaming_figures(server: ServerProcess, url: str, token: str, quick: bool) 
     with httpx.Client(base_url=server.base_url, headers=headers) as client:
         sessions = new_sessions(client, 100)
 
+    console.print("appends …")
     # Appends: single events, 16 writers, beside psycopg doing the same INSERTs.
     single = loadgen(
         "appends", **base, sessions=sessions[:16], writers=16, seconds=seconds, batch=1
@@ -426,6 +432,7 @@ def streaming_figures(server: ServerProcess, url: str, token: str, quick: bool) 
         )
     )
 
+    console.print("replay …")
     # Replay from 0: both sides three times over the same rows, medians. The rows are
     # vacuumed first, as a table that has lived a while would be: the first reader of
     # fresh rows also writes their hint bits, which is no part of either design.
@@ -453,6 +460,7 @@ def streaming_figures(server: ServerProcess, url: str, token: str, quick: bool) 
         )
     )
 
+    console.print("idle streams …")
     # Idle subscribers: memory per connection and database transactions per second. The
     # bulk loads above leave autovacuum work in this database, which pg_stat_database would
     # count as the app's: do it now so the idle window measures the app alone.
@@ -472,6 +480,7 @@ def streaming_figures(server: ServerProcess, url: str, token: str, quick: bool) 
         )
     )
 
+    console.print("fan-out latency …")
     # Latency: subscribers over 100 sessions at 100 appends/s, beside 2-second polling.
     subscribers = 1000 // scale
     rate = 100 / scale

@@ -148,6 +148,7 @@ def soak(settings: Settings, args: argparse.Namespace) -> int:
                 "writers": args.writers,
                 "rate": args.rate,
                 "seconds": args.seconds,
+                "result_path": str(Path(tmp) / "load-result.json"),
             }
             console.print(
                 f"{args.streams:,} streams over {args.sessions:,} sessions, "
@@ -172,13 +173,10 @@ def soak(settings: Settings, args: argparse.Namespace) -> int:
                 console.print(inject(args.fault, server, url))
                 load.stdin.write(json.dumps({"fault_at": fault_at}) + "\n")
                 load.stdin.close()
-                # Not communicate(): it reads the pipe's descriptor directly and would lose
-                # what readline() above has buffered already.
-                out = load.stdout.read()
                 load.wait()
             if load.returncode != 0:
                 raise RuntimeError("the load generator failed")
-            result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+            result: dict[str, Any] = json.loads(Path(params["result_path"]).read_text())
             console.print(f"streams closed; memory after {args.after_seconds:g} s …")
             time.sleep(args.after_seconds)
             after = rss_kib(server.process.pid)
@@ -237,6 +235,8 @@ def report_figures(
             "0",
             counts["streams_unfinished"] == 0,
         ),
+        figure(f"all {result['streams']:,} streams open after", result["all_open_after_s"], "s"),
+        figure("stream opens refused (503, Retry-After)", result["opens_refused"], "opens"),
         figure("delivery lag p50", result["lag"]["p50_ms"] or 0, "ms"),
         figure("delivery lag p99", result["lag"]["p99_ms"] or 0, "ms"),
         figure(

@@ -44,6 +44,7 @@ class Follower:
     resets: int = 0
     cuts: list[float] = field(default_factory=list)  # when a stream ended early
     resumed: list[float] = field(default_factory=list)  # when the next one opened
+    refused: int = 0  # opens answered other than 200 (the server shedding a storm: 503)
     done: bool = False
 
     def take(self, event_id: int) -> None:
@@ -82,14 +83,20 @@ async def follow(
     path = f"/api/sessions/{follower.session}/status/stream"
     first = True
     retry = 1.0
+    refusals = 0
     while not follower.done:
         try:
             reader, writer = await open_stream(
                 host, port, path, token, f"Last-Event-ID: {follower.last}\r\n"
             )
-        except (OSError, Refused, IndexError):
-            await asyncio.sleep(retry * random.uniform(0.5, 1.5))
+        except (OSError, Refused, IndexError) as exc:
+            # As a well-behaved client: the server's Retry-After, else backoff with jitter.
+            asked = exc.retry_after if isinstance(exc, Refused) else None
+            follower.refused += isinstance(exc, Refused)
+            refusals += 1
+            await asyncio.sleep(asked or random.uniform(0, min(30.0, retry * 2**refusals)))
             continue
+        refusals = 0
         if first:
             first = False
             opened.set()
@@ -175,6 +182,7 @@ async def soak(
     seconds: float,
 ) -> dict[str, Any]:
     lags = Lags()
+    opening = time.monotonic()
     followers = [Follower(sessions[i % len(sessions)]) for i in range(streams)]
     opened = [asyncio.Event() for _ in followers]
     tasks = [
@@ -183,7 +191,9 @@ async def soak(
     ]
     for event in opened:
         await event.wait()
-    print(json.dumps({"ready": len(followers)}), flush=True)
+    all_open_after = time.monotonic() - opening
+    refused_opening = sum(f.refused for f in followers)
+    print(json.dumps({"ready": len(followers), "after_s": round(all_open_after, 1)}), flush=True)
     fault = asyncio.create_task(asyncio.to_thread(sys.stdin.readline))
 
     appends = Appends()
@@ -227,6 +237,9 @@ async def soak(
     return {
         "streams": len(followers),
         "sessions": len(sessions),
+        "all_open_after_s": round(all_open_after, 2),
+        "opens_refused_at_start": refused_opening,
+        "opens_refused": sum(f.refused for f in followers),
         "steady_seconds": seconds,
         "steady_appends": steady_appends,
         "burst_appends": len(sessions),

@@ -24,7 +24,9 @@ from benchmarks.scenarios import (
     bench_database,
     bench_server,
     bench_token,
+    console,
     loadgen,
+    measuring_seconds,
     new_sessions,
 )
 from ledger.settings import Settings
@@ -203,8 +205,10 @@ def tree_figures(
     quick: bool,
 ) -> list[Figure]:
     figures = [build_figure(events, build_seconds)]
+    console.print("proofs …")
     figures += proof_figures(server, url)
+    console.print("appends with the tree on and off …")
     figures += append_cost_figures(
-        settings, server.data_dir, 4.0 if quick else 10.0, 1 if quick else 5
+        settings, server.data_dir, measuring_seconds(quick), 1 if quick else 5
     )
     return figures

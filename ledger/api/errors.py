@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import random
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from psycopg import InterfaceError as DriverInterfaceError
 from psycopg import OperationalError as DriverOperationalError
-from psycopg_pool import TooManyRequests as PoolQueueFull
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -67,14 +65,6 @@ async def database_error_handler(request: Request, exc: Exception) -> JSONRespon
         isinstance(exc, DBAPIError)
         and (isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated)
     )
-    if isinstance(exc, PoolQueueFull):
-        # Overload, not an outage: spread the retries so that they do not return in step.
-        unavailable_log.warning("shedding load: %s", exc)
-        return JSONResponse(
-            {"detail": "server busy, retry shortly"},
-            status_code=Unavailable.status_code,
-            headers={"Retry-After": str(random.randint(1, 5))},
-        )
     if unavailable:
         unavailable_log.warning("database unavailable: %s", exc)
         return JSONResponse(

@@ -111,6 +111,79 @@ def test_reporter_retries_without_duplicates(
     assert verify_chain(stored) is None
 
 
+class Busy:
+    """Answers the first ``count`` requests itself, as a server shedding load does."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def answer(self, request: httpx.Request) -> httpx.Response | None:
+        if self.count <= 0:
+            return None
+        self.count -= 1
+        return httpx.Response(
+            503, json={"detail": "server busy"}, headers={"Retry-After": "1"}, request=request
+        )
+
+
+class BusyTransport(httpx.BaseTransport):
+    def __init__(self, count: int) -> None:
+        self.busy, self.inner = Busy(count), httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self.busy.answer(request) or self.inner.handle_request(request)
+
+
+class AsyncBusyTransport(httpx.AsyncBaseTransport):
+    def __init__(self, count: int) -> None:
+        self.busy, self.inner = Busy(count), httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return self.busy.answer(request) or await self.inner.handle_async_request(request)
+
+
+def test_the_clients_wait_as_long_as_retry_after_asks(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waits: list[float] = []
+    real_sleep, real_async_sleep = time.sleep, asyncio.sleep
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        real_sleep(seconds)
+
+    async def async_sleep(seconds: float, *args: Any) -> Any:
+        waits.append(seconds)
+        return await real_async_sleep(seconds, *args)
+
+    monkeypatch.setattr("ledger.client.time.sleep", sleep)
+    with server.client() as client:
+        session_id = create_session(client)
+    with Reporter(
+        server.base_url, token("service"), session_id, backoff=0.01, transport=BusyTransport(1)
+    ) as reporter:
+        assert reporter.report("processed")["version"] == 1
+    assert waits == [1.0]  # Retry-After, not the 0.01 s backoff
+
+    waits.clear()
+    monkeypatch.setattr("ledger.client.asyncio.sleep", async_sleep)
+
+    async def watch() -> list[int]:
+        versions = []
+        async for event in follow(
+            server.base_url,
+            session_id,
+            token("auditor"),
+            last_event_id=0,
+            transport=AsyncBusyTransport(2),
+        ):
+            versions.append(event["version"])
+        return versions
+
+    assert asyncio.run(watch()) == [1]
+    assert waits[:2] == [1.0, 1.0]
+
+
 def test_reporter_register_and_refusals(server: LiveServer) -> None:
     with Reporter.register(server.base_url, token("service"), "zoe") as reporter:
         assert reporter.report("queued")["version"] == 1

@@ -1,7 +1,7 @@
-"""Overload is shed at once, not queued into timeouts: stream opens past a per-process
-bound, and requests past the pool's queue, get a prompt 503 with Retry-After, and nothing
-they asked for is half done. The database is held still by a table lock, so that requests
-pile up exactly where a saturated server piles them."""
+"""Overload is shed, not queued into timeouts: stream opens past a per-process bound wait
+their turn without asking the database anything, and past a queue get a prompt 503 with a
+spread Retry-After; a storm of timeouts is one warning. The database is held still by a
+table lock, so that requests pile up exactly where a saturated server piles them."""
 
 from __future__ import annotations
 
@@ -66,11 +66,11 @@ def test_stream_opens_past_the_bound_wait_then_are_refused_before_any_work(
     assert stream_status(live.base_url, path) == 200  # the slots came back
 
 
-def test_reads_past_the_pools_queue_get_a_prompt_503_and_one_warning(
+def test_a_storm_of_timeouts_is_one_warning_not_a_storm(
     server_factory: Callable[..., LiveServer], database_url: str
 ) -> None:
-    # One connection, so 8 may wait for it (QUEUED_PER_CONNECTION); more are refused.
-    live = server_factory(LEDGER_POOL_SIZE="1", LEDGER_POOL_TIMEOUT_SECONDS="60")
+    # One connection, held at a lock: the other reads wait a second for it, then 503.
+    live = server_factory(LEDGER_POOL_SIZE="1", LEDGER_POOL_TIMEOUT_SECONDS="1")
     with live.client() as client:
         session_id = create_session(client)
 
@@ -79,20 +79,17 @@ def test_reads_past_the_pools_queue_get_a_prompt_503_and_one_warning(
             f"{live.base_url}/api/sessions/{session_id}/status", headers=auth("admin"), timeout=60
         )
 
-    with ThreadPoolExecutor(14) as threads:
+    with ThreadPoolExecutor(6) as threads:
         with tables_locked(database_url, "events") as waiting:
-            answers = [threads.submit(read, n) for n in range(14)]
-            # 1 holds the connection at the lock and 8 queue for it; the other 5 are answered
-            # while the lock is still held: refused at once, not after the pool's 60 s.
+            answers = [threads.submit(read, n) for n in range(6)]
             assert wait_until(lambda: sum(future.done() for future in answers) == 5, 30)
             assert waiting() == 1
             for future in answers:
                 if future.done():
-                    busy = future.result()
-                    assert busy.status_code == 503
-                    assert busy.json() == {"detail": "server busy, retry shortly"}
-                    assert 1 <= int(busy.headers["Retry-After"]) <= 5
+                    timed_out = future.result()
+                    assert timed_out.status_code == 503
+                    assert timed_out.json() == {"detail": "database unavailable, retry shortly"}
+                    assert timed_out.headers["Retry-After"] == "1"
         codes = sorted(future.result().status_code for future in answers)
-    assert codes == [200] * 9 + [503] * 5
-    # Five refusals in a moment are one warning, not five.
-    assert live.log().count("shedding load") == 1, live.log()
+    assert codes == [200] + [503] * 5
+    assert live.log().count("database unavailable") == 1, live.log()
