@@ -118,15 +118,17 @@ async def open_stream(
 
 
 async def open_admitted(
-    host: str, port: int, path: str, token: str, extra: str = ""
+    host: str, port: int, path: str, token: str, extra: str = "", patience: float = 120.0
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """``open_stream``, coming back after the server's ``Retry-After`` while it sheds a storm
-    of opens (LEDGER_MAX_OPENING_STREAMS), as a well-behaved client does."""
+    of opens (LEDGER_MAX_OPENING_STREAMS), as a well-behaved client does; for ``patience``
+    seconds, then the refusal is raised (a server that never lets it in)."""
+    deadline = time.monotonic() + patience
     while True:
         try:
             return await open_stream(host, port, path, token, extra)
         except Refused as refused:
-            if refused.retry_after is None:
+            if refused.retry_after is None or time.monotonic() > deadline:
                 raise
             await asyncio.sleep(refused.retry_after)
 

@@ -236,7 +236,12 @@ def report_figures(
             counts["streams_unfinished"] == 0,
         ),
         figure(f"all {result['streams']:,} streams open after", result["all_open_after_s"], "s"),
-        figure("stream opens refused (503, Retry-After)", result["opens_refused"], "opens"),
+        figure(
+            "stream opens refused while all opened (503 with Retry-After)",
+            result["opens_refused_at_start"],
+            "opens",
+        ),
+        figure("stream opens refused in all", result["opens_refused"], "opens"),
         figure("delivery lag p50", result["lag"]["p50_ms"] or 0, "ms"),
         figure("delivery lag p99", result["lag"]["p99_ms"] or 0, "ms"),
         figure(

@@ -50,13 +50,19 @@ def backoff_delays(base: float, cap: float) -> Callable[[int], float]:
     return lambda attempt: random.uniform(0, min(cap, base * 2**attempt))
 
 
+# A Retry-After longer than this (a proxy's, say) is taken as this.
+MAX_RETRY_AFTER = 60.0
+
+
 def retry_after(response: httpx.Response) -> float:
     """The seconds a 429 or 503 asks the client to wait (the server spreads them out), or 0.
 
-    Only the delay form: this server never sends a date.
+    Only the delay form (this server never sends a date), and at most ``MAX_RETRY_AFTER``.
     """
-    value = response.headers.get("Retry-After", "")
-    return float(value) if value.isdigit() else 0.0
+    value = response.headers.get("Retry-After", "").strip()
+    if not (value.isascii() and value.isdigit()):
+        return 0.0
+    return min(float(value), MAX_RETRY_AFTER)
 
 
 class Reporter:

@@ -29,6 +29,9 @@ RETRY_SPREAD_SECONDS = 10
 # Opens that may wait for a slot, per slot: a short queue absorbs a modest storm (a few
 # hundred reconnects) without sending anyone away for seconds.
 WAITING_PER_SLOT = 8
+# A parked open that has not had its turn by then is refused like the rest: a slot held by
+# an open stuck at the database must not leave hundreds of clients without any answer.
+PARKED_SECONDS = 10.0
 STARTED = frozenset(
     {"http.response.start", "websocket.accept", "websocket.close", "websocket.http.response.start"}
 )
@@ -49,10 +52,12 @@ class OpeningGate:
         *,
         limit: int,
         retry_after: Callable[[], int] = lambda: random.randint(1, RETRY_SPREAD_SECONDS),
+        parked_seconds: float = PARKED_SECONDS,
     ) -> None:
         self.app = app
         self.limit = limit
         self.retry_after = retry_after
+        self.parked_seconds = parked_seconds
         self.opening = 0
         self.waiting = 0
         self._slots = asyncio.Semaphore(limit) if limit else None
@@ -63,17 +68,23 @@ class OpeningGate:
             await self.app(scope, receive, send)
             return
         if slots.locked():
-            if self.waiting >= WAITING_PER_SLOT * self.limit:
+            admitted = False
+            if self.waiting < WAITING_PER_SLOT * self.limit:
+                self.waiting += 1
+                metrics.OPENING_WAITING.inc()
+                try:
+                    async with asyncio.timeout(self.parked_seconds):
+                        await slots.acquire()
+                    admitted = True
+                except TimeoutError:
+                    pass
+                finally:
+                    self.waiting -= 1
+                    metrics.OPENING_WAITING.dec()
+            if not admitted:
                 metrics.LIMITED.labels("opening").inc()
-                await self._refuse(scope, send)
+                await self._refuse(scope, receive, send)
                 return
-            self.waiting += 1
-            metrics.OPENING_WAITING.inc()
-            try:
-                await slots.acquire()
-            finally:
-                self.waiting -= 1
-                metrics.OPENING_WAITING.dec()
         else:
             await slots.acquire()
         self.opening += 1
@@ -96,7 +107,7 @@ class OpeningGate:
         finally:
             release()
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = json.dumps(
             {"detail": "too many streams opening at once: retry after Retry-After seconds"}
         ).encode()
@@ -108,6 +119,8 @@ class OpeningGate:
         if scope["type"] == "http":
             await send({"type": "http.response.start", "status": 503, "headers": headers})
             await send({"type": "http.response.body", "body": body})
+        elif (await receive())["type"] != "websocket.connect":
+            return  # gone before its handshake could be answered
         elif "websocket.http.response" in scope.get("extensions", {}):
             await send({"type": "websocket.http.response.start", "status": 503, "headers": headers})
             await send({"type": "websocket.http.response.body", "body": body})

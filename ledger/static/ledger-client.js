@@ -10,6 +10,7 @@
 //     onComplete(event) {},        // processed: the stream is closed
 //     onFailed(event) {},          // failed (a server-sent `error` event WITH data): closed
 //     onConnectionError() {},      // the network hiccuped (no data); EventSource retries
+//     onClosed(status) {},         // refused for good (403, 404, 204 ...): no more tries
 //     keepOpen: false,             // true for a stream of many sessions: one session's
 //                                  // end is not the stream's (followAll sets it)
 //   });
@@ -19,9 +20,11 @@
 // own `error` event (a lost connection) carries none. They share a name on EventSource, so
 // this module tells them apart. After `complete` or `error` a session's stream is closed for
 // good; a stream of many sessions (keepOpen) reports them and goes on.
-// When the browser gives up (any HTTP error closes EventSource: an expired token's 401, a
-// busy server's 503), the stream reopens from the last event it saw, with a growing,
-// jittered delay; a tokenProvider gives it a fresh token each time.
+// When the browser gives up (any answer but 200 closes EventSource: an expired token's 401,
+// a busy server's 503), the stream asks again after a growing, jittered delay and reopens
+// from the last event it saw (a tokenProvider gives it a fresh token each time); a refusal
+// that will not change (204, 403, 404, 400; a 401 without tokenProvider) ends it, and
+// onClosed(status) says why.
 
 export class LedgerStream {
   constructor(path, options = {}) {
@@ -49,12 +52,57 @@ export class LedgerStream {
     return tokenProvider ? tokenProvider() : token;
   }
 
-  #open() {
+  #url() {
     const url = new URL(this.path, window.location.href);
     const token = this.#token();
     if (token) url.searchParams.set("access_token", token);
     if (this.lastEventId !== null) url.searchParams.set("last_event_id", String(this.lastEventId));
-    const source = new EventSource(url);
+    return url;
+  }
+
+  // The browser gave up on an HTTP answer, whose status EventSource does not show. Wait
+  // 0.5-1 s, then 1-2 s, 2-4 s ... up to 30 s (or the server's Retry-After, if longer), then
+  // ask again with fetch, which does show it: 200 hands over to a new EventSource; 401
+  // reopens with a fresh token if there is a tokenProvider; 204 (nothing more to send) and
+  // the other 4xx (no access, no such session, a bad cursor) end the stream for good;
+  // 429, 5xx and network errors wait longer and ask again. A thousand browsers refused at
+  // once do not come back in step, and a refusal that will not change is not repeated.
+  async #recover(retryAfterMs = 0) {
+    this.failures += 1;
+    const ceiling = Math.min(30000, 1000 * 2 ** (this.failures - 1));
+    const wait = Math.max(retryAfterMs, ceiling / 2 + Math.random() * (ceiling / 2));
+    await new Promise((resolve) => setTimeout(resolve, wait));
+    if (this.finished) return;
+    const probe = new AbortController();
+    let status = 0;
+    let retryAfter = 0;
+    try {
+      const answer = await fetch(this.#url(), {
+        headers: { Accept: "text/event-stream" },
+        signal: probe.signal,
+      });
+      status = answer.status;
+      const asked = Number(answer.headers.get("Retry-After"));
+      if (Number.isInteger(asked) && asked > 0) retryAfter = Math.min(asked, 60) * 1000;
+    } catch (error) {
+      status = 0;  // the network: try again
+    } finally {
+      probe.abort();  // only the status was wanted; a 200's stream goes to EventSource
+    }
+    if (this.finished) return;
+    const permanent = status === 204 || (status >= 400 && status < 500 && status !== 429);
+    if (status === 200 || (status === 401 && this.options.tokenProvider)) {
+      this.#open();
+    } else if (permanent) {
+      this.close();
+      if (this.options.onClosed) this.options.onClosed(status);
+    } else {
+      this.#recover(retryAfter);
+    }
+  }
+
+  #open() {
+    const source = new EventSource(this.#url());
     this.source = source;
     const call = (name, value) => this.options[name] && this.options[name](value);
 
@@ -87,15 +135,7 @@ export class LedgerStream {
         return;
       }
       call("onConnectionError");
-      if (source.readyState === EventSource.CLOSED && !this.finished) {
-        // The browser gave up: an HTTP error (an expired token's 401, a busy server's 503).
-        // Reopen from the last event seen, after 0.5-1 s, then 1-2 s, 2-4 s ... up to 30 s:
-        // a thousand browsers refused at once do not come back in step.
-        this.failures += 1;
-        const ceiling = Math.min(30000, 1000 * 2 ** (this.failures - 1));
-        const wait = ceiling / 2 + Math.random() * (ceiling / 2);
-        setTimeout(() => { if (!this.finished) this.#open(); }, wait);
-      }
+      if (source.readyState === EventSource.CLOSED && !this.finished) this.#recover();
     });
   }
 }

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -248,7 +248,7 @@ class Reporting:
                 WHERE recorded_at >= :start AND recorded_at < :end
                 GROUP BY 1
             )
-            SELECT series.bucket,
+            SELECT series.bucket AT TIME ZONE 'UTC' AS bucket,
                    coalesce(counts.events, 0) AS events,
                    coalesce(counts.completed, 0) AS completed,
                    coalesce(counts.failed, 0) AS failed
@@ -268,7 +268,9 @@ class Reporting:
         async with self._analytics() as conn:
             return [
                 BucketFigures(
-                    start=r.bucket,
+                    # In UTC whatever the session's TimeZone (in another zone, a bucket at
+                    # year 1 or 9999 would not be a Python datetime).
+                    start=r.bucket.replace(tzinfo=UTC),
                     events=int(r.events),
                     completed=int(r.completed),
                     failed=int(r.failed),

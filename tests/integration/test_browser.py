@@ -365,8 +365,10 @@ def test_a_stream_refused_with_503_reopens_alone_and_misses_nothing(
                 }""",
                 [path, token("admin", "browser")],
             )
-            # Refused (503) and closed by the browser, twice: the reopen backs off.
-            page.wait_for_function("window.shed.refused >= 2", timeout=15_000)
+            # Refused (503) and closed by the browser, then refused again when it asks after
+            # a backoff: the reopen waits.
+            assert wait_until(lambda: metric(live, "ledger_limited_total", 'limit="opening"') >= 2)
+            assert page.evaluate("window.shed.refused") == 1  # one EventSource gave up
             assert page.evaluate("window.shed.stream.opens") == 0
         assert [future.result() for future in held] == [200] * (1 + WAITING_PER_SLOT)
     with live.client() as client:  # appended while the browser waits to reopen
@@ -375,3 +377,28 @@ def test_a_stream_refused_with_503_reopens_alone_and_misses_nothing(
     assert page.evaluate("window.shed.events") == [1, 2]
     assert page.evaluate("window.shed.stream.opens") == 1
     assert metric(live, "ledger_limited_total", 'limit="opening"') >= 2
+
+
+def test_a_stream_refused_for_good_is_not_reopened(browser: Any, server: LiveServer) -> None:
+    with server.client() as client:
+        session_id = create_session(client, patient_id="someone-elses")
+    page = browser.new_page()
+    page.goto(server.base_url + "/static/index.html")
+    page.evaluate(
+        """async ([path, token]) => {
+          const { LedgerStream } = await import("/static/ledger-client.js");
+          window.closedWith = null;
+          window.refused = new LedgerStream(path, {
+            token, onClosed: (status) => { window.closedWith = status; },
+          });
+        }""",
+        # Another patient's session: 403, which no retry changes.
+        [f"/api/sessions/{session_id}/status/stream", token("patient", "not-the-patient")],
+    )
+    page.wait_for_function("window.closedWith !== null", timeout=15_000)
+    assert page.evaluate("window.closedWith") == 403
+    assert page.evaluate("window.refused.finished") is True
+    asked = server.log().count(f"/api/sessions/{session_id}/status/stream 403")
+    assert asked == 2  # the EventSource, then the one look at the status
+    time.sleep(3)  # longer than the first backoffs: another try would have happened by now
+    assert server.log().count(f"/api/sessions/{session_id}/status/stream 403") == asked

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ledger.database_url import parts
 from ledger.testing import ServerProcess, free_port, wait_for_http
 from tests.support import JWT_SECRET, LiveServer, append, auth, create_session
 
@@ -104,12 +105,13 @@ def test_serve_checks_what_it_can_before_it_serves(
 
 def test_a_multi_host_url_reaches_the_host_that_answers(module_database_url: str) -> None:
     """libpq's multi-host form (design section 12): the first host is down."""
-    url = module_database_url.replace("://", "://", 1)
-    user_host, database = url.rsplit("/", 1)
-    scheme_user, host = user_host.rsplit("@", 1)
-    multi = (
-        f"{scheme_user}@127.0.0.1:{free_port()},{host}/{database}?target_session_attrs=read-write"
-    )
+    found = parts(module_database_url)
+    user, host, port = found["user"], found.get("host", ""), found.get("port", "5432")
+    if host.startswith("/"):  # the embedded server's socket directory: the query spelling
+        hosts = f"@/{found['dbname']}?host=127.0.0.1,{host}&port={free_port()},{port}&"
+    else:
+        hosts = f"@127.0.0.1:{free_port()},{host}:{port}/{found['dbname']}?"
+    multi = f"postgresql://{user}{hosts}target_session_attrs=read-write"
     done = ledger("migrate", env={"LEDGER_DATABASE_URL": multi})
     assert done.returncode == 0, done.stderr
     done = ledger("verify", env={"LEDGER_DATABASE_URL": multi})

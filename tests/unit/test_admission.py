@@ -37,7 +37,7 @@ async def call(gate: OpeningGate, scope: Scope) -> list[Message]:
     sent: list[Message] = []
 
     async def receive() -> Message:
-        return {"type": "http.disconnect"}
+        return {"type": "websocket.connect" if scope["type"] == "websocket" else "http.disconnect"}
 
     async def send(message: Message) -> None:
         sent.append(message)
@@ -90,6 +90,36 @@ def test_a_failing_open_gives_its_slot_back() -> None:
     with pytest.raises(RuntimeError):
         asyncio.run(call(gate, http("/api/events/stream")))
     assert gate.opening == 0
+    assert gate._slots is not None
+    assert not gate._slots.locked()
+
+
+def test_a_parked_open_is_refused_when_its_turn_does_not_come_and_leaves_no_trace() -> None:
+    async def scenario() -> None:
+        app = HeldApp()
+        gate = OpeningGate(app, limit=1, retry_after=lambda: 2, parked_seconds=0.05)
+        path = http("/api/sessions/abc/status/stream")
+        stuck = asyncio.create_task(call(gate, path))  # holds the slot until released
+        await asyncio.sleep(0)
+        timed_out = await call(gate, path)
+        assert timed_out[0]["status"] == 503
+        assert (b"retry-after", b"2") in timed_out[0]["headers"]
+        assert gate.waiting == 0
+        # A parked open whose task is cancelled (the server stopping) leaves no count.
+        parked = asyncio.create_task(call(gate, path))
+        await asyncio.sleep(0)
+        assert gate.waiting == 1
+        parked.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await parked
+        assert gate.waiting == 0
+        app.release.set()
+        assert (await stuck)[0]["status"] == 200
+        assert gate.opening == 0
+        assert gate._slots is not None
+        assert not gate._slots.locked()
+
+    asyncio.run(scenario())
 
 
 def test_a_websocket_is_refused_with_an_http_answer_when_the_server_can_send_one() -> None:
@@ -107,6 +137,26 @@ def test_a_websocket_is_refused_with_an_http_answer_when_the_server_can_send_one
     assert (b"retry-after", b"3") in denied[0]["headers"]
     closed = asyncio.run(call(gate, scope))
     assert closed == [{"type": "websocket.close", "code": 1013, "reason": "try again later"}]
+
+
+def test_a_websocket_gone_before_its_handshake_is_answered_gets_nothing() -> None:
+    async def scenario() -> list[Message]:
+        gate = OpeningGate(HeldApp(), limit=1)
+        assert gate._slots is not None
+        await gate._slots.acquire()
+        gate.waiting = WAITING_PER_SLOT
+        sent: list[Message] = []
+
+        async def receive() -> Message:
+            return {"type": "websocket.disconnect", "code": 1001}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        await gate({"type": "websocket", "path": "/api/events/ws"}, receive, send)
+        return sent
+
+    assert asyncio.run(scenario()) == []
 
 
 def test_the_spread_of_retry_after_covers_seconds() -> None:
