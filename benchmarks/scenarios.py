@@ -198,6 +198,22 @@ def series(server: ServerProcess, name: str) -> float:
     )
 
 
+def wait_signed(server: ServerProcess, headers: dict[str, str], size: int) -> int:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        response = httpx.get(f"{server.base_url}/api/checkpoint", headers=headers, timeout=30)
+        if response.status_code == 200 and int(response.text.split("\n")[1]) >= size:
+            return int(response.text.split("\n")[1])
+        time.sleep(0.5)
+    raise RuntimeError(f"no checkpoint of {size} events within 300 s")
+
+
+def total_events(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM events").fetchone()
+    return int(row[0]) if row else 0
+
+
 def settle(server: ServerProcess, quiet_seconds: float = 2.0) -> None:
     """Wait until the streams' first catch-up reads are over (the counter stops moving)."""
     last, still_since = -1.0, time.monotonic()
@@ -466,6 +482,8 @@ def streaming_figures(server: ServerProcess, url: str, token: str, quick: bool) 
     # count as the app's: do it now so the idle window measures the app alone.
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
+    # And the tree caught up with the appends above: its growth is no idle stream's cost.
+    wait_signed(server, headers, total_events(url))
     connections = 2000 // scale
     per_connection, idle_qps = idle_costs(server, sessions, connections, seconds)
     figures.append(

@@ -28,6 +28,8 @@ from benchmarks.scenarios import (
     loadgen,
     measuring_seconds,
     new_sessions,
+    total_events,
+    wait_signed,
 )
 from ledger.settings import Settings
 from ledger.testing import ServerProcess
@@ -44,16 +46,6 @@ def build_figure(events: int, seconds: float) -> Figure:
         target="< 60 s" if events >= 1_000_000 else None,
         met=seconds < 60 if events >= 1_000_000 else None,
     )
-
-
-def wait_signed(server: ServerProcess, headers: dict[str, str], size: int) -> int:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        response = httpx.get(f"{server.base_url}/api/checkpoint", headers=headers, timeout=30)
-        if response.status_code == 200 and int(response.text.split("\n")[1]) >= size:
-            return int(response.text.split("\n")[1])
-        time.sleep(0.5)
-    raise RuntimeError(f"no checkpoint of {size} events within 300 s")
 
 
 def proof_figures(server: ServerProcess, url: str) -> list[Figure]:
@@ -188,12 +180,6 @@ def checkpoint_lag_figure(url: str, since: float, until: float) -> Figure:
         unit="s",
         notes={"p50_s": round(float(p50 or 0), 2), "events": int(count)},
     )
-
-
-def total_events(url: str) -> int:
-    with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT count(*) FROM events").fetchone()
-    return int(row[0]) if row else 0
 
 
 def tree_figures(
