@@ -16,7 +16,7 @@
 GRANT USAGE ON SCHEMA public TO :"app";
 GRANT SELECT, INSERT ON sessions, events TO :"app";
 -- The Merkle tree and its signed checkpoints: append-only like events (same trigger).
-GRANT SELECT, INSERT ON merkle_nodes, merkle_leaves, checkpoints TO :"app";
+GRANT SELECT, INSERT ON merkle_nodes, merkle_batches, checkpoints TO :"app";
 GRANT SELECT, INSERT, DELETE ON care_assignments TO :"app";
 GRANT SELECT ON session_timeline, stage_durations, session_outcomes TO :"app";
 GRANT SELECT ON alembic_version TO :"app";

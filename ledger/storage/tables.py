@@ -22,7 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.types import BigInteger, UserDefinedType
@@ -75,8 +75,10 @@ events = Table(
     Column("hash", Text, nullable=False),
 )
 
-# The Merkle tree over the global order (migration 0003): every perfect subtree's hash
-# (level 0: the leaves), which global position each leaf is, and the signed checkpoints.
+# The Merkle tree over the global order (migrations 0003 and 0004): the hash of every
+# perfect subtree of at least 2**STRATUM leaves, and the leaves themselves in the batches
+# they were grown in (which event each is, its leaf hash, and where the batch ends in the
+# global order); and the signed checkpoints.
 merkle_nodes = Table(
     "merkle_nodes",
     metadata,
@@ -85,12 +87,15 @@ merkle_nodes = Table(
     Column("hash", LargeBinary, nullable=False),
 )
 
-merkle_leaves = Table(
-    "merkle_leaves",
+merkle_batches = Table(
+    "merkle_batches",
     metadata,
-    Column("leaf_index", BigInteger, primary_key=True),
-    Column("position", BigInteger, nullable=False, unique=True),
-    Column("tx_id", Xid8, nullable=False),
+    Column("first_leaf", BigInteger, primary_key=True),
+    Column("leaf_count", Integer, nullable=False),
+    Column("leaf_hashes", LargeBinary, nullable=False),
+    Column("positions", ARRAY(BigInteger), nullable=False),
+    Column("last_tx_id", Xid8, nullable=False),
+    Column("last_position", BigInteger, nullable=False),
 )
 
 checkpoints = Table(

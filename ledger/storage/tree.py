@@ -3,9 +3,13 @@
 Leaf ``i`` is the ``i``-th event of the commit-safe global order (:mod:`.global_order`),
 its input the event's 32-byte ``hash``. Growing reads the next events after the last
 leaf's position, appends their leaves to the frontier (the O(log n) perfect subtrees of
-the tree so far) and inserts every new perfect node, all in one transaction under an
-advisory lock, so one process at a time grows it and a crash leaves no half-grown tree.
-It never runs inside an append's transaction.
+the tree so far), stores the leaves as one row per batch (their hashes, their events'
+positions, where the batch ends in the global order) and inserts every new perfect node of
+at least ``2**STRATUM`` leaves, all in one transaction under an advisory lock, so one
+process at a time grows it and a crash leaves no half-grown tree. It never runs inside an
+append's transaction. A node below the stratum is computed from the at most
+``2**STRATUM`` leaf hashes under it when a proof needs it: one row per leaf and two per
+node cost more than everything else in growing the tree (docs/ARCHITECTURE.md).
 
 The functions here take a synchronous SQLAlchemy ``Connection``: the migration that builds
 the tree for an existing ledger calls them directly, and the server through
@@ -19,41 +23,74 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Text, TextClause, cast, func, literal, select, text
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Insert,
+    LargeBinary,
+    TextClause,
+    cast,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger import metrics
 from ledger.errors import LedgerError
 from ledger.storage.global_order import visible_after
 from ledger.storage.pool import Pool
-from ledger.storage.tables import Xid8, events, merkle_leaves
+from ledger.storage.tables import Xid8, events, merkle_batches
 from ledger.transparency.merkle import (
+    HASH_SIZE,
     Frontier,
     Node,
     Range,
     consistency_ranges,
-    leaf_hash,
+    leaves_of,
     nodes_needed,
+    perfect_hash,
     range_hash,
     root_nodes,
 )
 
 # pg_advisory_xact_lock key: "one process grows the tree and signs its head".
 TREE_LOCK = 0x6C656467_74726565  # "ledg" "tree"
-GROW_BATCH = 2000
+GROW_BATCH = 2000  # leaves per transaction of the server's growth, and per stored batch
+STRATUM = 4  # nodes of fewer than 2**STRATUM leaves are computed, not stored
 
 _TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)").bindparams(key=TREE_LOCK)
 # In psycopg's parameter style: the proof routes run them on the hot-path pool; the
 # checkpointer and the migration, through SQLAlchemy (``named``).
+#
+# Stored nodes as (level, index, hash), then the leaf hashes of each wanted leaf range as
+# (-1, first leaf, hashes), sliced out of every batch that overlaps it (``leaf_hashes`` is
+# stored uncompressed, so a slice reads only its own TOAST chunks).
 NODES_SQL = (
     "SELECT n.level, n.node_index, n.hash FROM merkle_nodes n"
     " JOIN unnest(CAST(%(levels)s AS smallint[]), CAST(%(indexes)s AS bigint[]))"
     " AS w(level, node_index) USING (level, node_index)"
+    " UNION ALL"
+    " SELECT -1, s.lo, substring(b.leaf_hashes"
+    " FROM CAST((s.lo - b.first_leaf) * 32 + 1 AS integer)"
+    " FOR CAST((s.hi - s.lo) * 32 AS integer))"
+    " FROM unnest(CAST(%(starts)s AS bigint[]), CAST(%(ends)s AS bigint[])) AS w(a, z)"
+    " JOIN merkle_batches b ON b.first_leaf < w.z AND b.first_leaf >= ("
+    "SELECT max(first_leaf) FROM merkle_batches WHERE first_leaf <= w.a)"
+    " CROSS JOIN LATERAL (SELECT greatest(w.a, b.first_leaf) AS lo,"
+    " least(w.z, b.first_leaf + b.leaf_count) AS hi) s WHERE s.hi > s.lo"
 )
-# The latest signed size, the leaf of the event at a position, and whether it exists.
+# The latest signed size, the leaf of the event at a position (found in the batch that
+# ends at or after the event in the global order), and whether the event exists.
 PLACEMENT_SQL = (
     "SELECT (SELECT max(tree_size) FROM checkpoints),"
-    " (SELECT leaf_index FROM merkle_leaves WHERE position = %(position)s),"
+    " (SELECT b.first_leaf + array_position(b.positions, e.position) - 1"
+    " FROM events e CROSS JOIN LATERAL (SELECT first_leaf, positions FROM merkle_batches"
+    " WHERE (last_tx_id, last_position) >= (e.tx_id, e.position)"
+    " ORDER BY last_tx_id, last_position LIMIT 1) b WHERE e.position = %(position)s),"
     " EXISTS (SELECT 1 FROM events WHERE position = %(position)s)"
 )
 SIGNED_SQL = "SELECT max(tree_size) FROM checkpoints"
@@ -65,7 +102,11 @@ def named(sql: str) -> TextClause:
 
 
 _READ_NODES = named(NODES_SQL)
-# The new rows go as comma-separated text and one bytea of concatenated hashes: psycopg
+_LAST_BATCH = text(
+    "SELECT first_leaf + leaf_count AS size, CAST(last_tx_id AS text) AS tx_id, last_position"
+    " FROM merkle_batches ORDER BY first_leaf DESC LIMIT 1"
+)
+# The new nodes go as comma-separated text and one bytea of concatenated hashes: psycopg
 # dumps a Python list as a text array element by element (with escaping), which cost more
 # than everything else in growing the tree (docs/ARCHITECTURE.md).
 _INSERT_NODES = text(
@@ -73,12 +114,6 @@ _INSERT_NODES = text(
     " SELECT l, i, substring(CAST(:hashes AS bytea), CAST((o - 1) * 32 + 1 AS integer), 32)"
     " FROM unnest(CAST(string_to_array(:levels, ',') AS smallint[]),"
     " CAST(string_to_array(:indexes, ',') AS bigint[])) WITH ORDINALITY AS u(l, i, o)"
-)
-_INSERT_LEAVES = text(
-    "INSERT INTO merkle_leaves (leaf_index, position, tx_id)"
-    " SELECT :first + o - 1, p, CAST(t AS xid8)"
-    " FROM unnest(CAST(string_to_array(:positions, ',') AS bigint[]),"
-    " string_to_array(:tx_ids, ',')) WITH ORDINALITY AS u(p, t, o)"
 )
 
 
@@ -96,35 +131,78 @@ def try_lock(conn: Connection) -> bool:
 
 
 def tree_size(conn: Connection) -> int:
-    size = conn.execute(select(func.max(merkle_leaves.c.leaf_index))).scalar()
-    return 0 if size is None else int(size) + 1
+    last = conn.execute(_LAST_BATCH).first()
+    return 0 if last is None else int(last.size)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeQuery:
+    """The nodes a proof or a root needs: the stored ones by key, the ones below the
+    stratum as the leaf ranges they are computed from; one statement reads both."""
+
+    params: dict[str, list[int]]
+    computed: list[Node]
+
+    @classmethod
+    def of(cls, wanted: Iterable[Node]) -> NodeQuery | None:
+        nodes = sorted(set(wanted))
+        if not nodes:
+            return None
+        stored = [node for node in nodes if node[0] >= STRATUM]
+        computed = [node for node in nodes if node[0] < STRATUM]
+        runs = merged(leaves_of(node) for node in computed)
+        return cls(
+            {
+                "levels": [level for level, _ in stored],
+                "indexes": [index for _, index in stored],
+                "starts": [start for start, _ in runs],
+                "ends": [end for _, end in runs],
+            },
+            computed,
+        )
+
+    def nodes(self, rows: Iterable[Any]) -> dict[Node, bytes]:
+        """The rows as a dict; ``TreeDamaged`` if any node asked for is missing."""
+        found: dict[Node, bytes] = {}
+        leaves: dict[int, bytes] = {}
+        for level, index, digest in rows:
+            if level >= 0:
+                found[(int(level), int(index))] = bytes(digest)
+                continue
+            first, run = int(index), bytes(digest)
+            for offset in range(0, len(run), HASH_SIZE):
+                leaves[first + offset // HASH_SIZE] = run[offset : offset + HASH_SIZE]
+        for node in self.computed:
+            start, end = leaves_of(node)
+            under = [leaves[i] for i in range(start, end) if i in leaves]
+            if len(under) == end - start:
+                found[node] = perfect_hash(under)
+        wanted = zip(self.params["levels"], self.params["indexes"], strict=True)
+        missing = [n for n in (*wanted, *self.computed) if n not in found]
+        if missing:
+            raise TreeDamaged(f"the tree lacks {len(missing)} of its nodes, first {missing[0]}")
+        return found
+
+
+def merged(ranges: Iterable[Range]) -> list[Range]:
+    runs: list[Range] = []
+    for start, end in sorted(ranges):
+        if runs and start <= runs[-1][1]:
+            runs[-1] = (runs[-1][0], max(end, runs[-1][1]))
+        else:
+            runs.append((start, end))
+    return runs
 
 
 def read_nodes(conn: Connection, wanted: Iterable[Node]) -> dict[Node, bytes]:
-    query = node_query(wanted)
+    query = NodeQuery.of(wanted)
     if query is None:
         return {}
-    return found_nodes(query, conn.execute(_READ_NODES, query))
-
-
-def node_query(wanted: Iterable[Node]) -> dict[str, list[int]] | None:
-    nodes = sorted(set(wanted))
-    if not nodes:
-        return None
-    return {"levels": [level for level, _ in nodes], "indexes": [index for _, index in nodes]}
-
-
-def found_nodes(query: dict[str, list[int]], rows: Iterable[Any]) -> dict[Node, bytes]:
-    """The rows as a dict; ``TreeDamaged`` if any node asked for is missing."""
-    found = {(int(level), int(index)): bytes(digest) for level, index, digest in rows}
-    missing = [n for n in zip(query["levels"], query["indexes"], strict=True) if n not in found]
-    if missing:
-        raise TreeDamaged(f"the tree lacks {len(missing)} of its nodes, first {missing[0]}")
-    return found
+    return query.nodes(conn.execute(_READ_NODES, query.params))
 
 
 def hashes_of(conn: Connection, ranges: list[Range]) -> list[bytes]:
-    """MTH of each leaf range, from the stored nodes (one query)."""
+    """MTH of each leaf range, from the stored nodes and leaves (one query)."""
     nodes = read_nodes(conn, nodes_needed(ranges))
     return [range_hash(start, end, nodes) for start, end in ranges]
 
@@ -146,64 +224,85 @@ class Placement:
     is_event: bool
 
 
-def extend_tree(conn: Connection, limit: int = GROW_BATCH) -> int:
-    """Append the next ``limit`` events of the global order as leaves; how many were added.
-
-    The caller holds :data:`TREE_LOCK` for the transaction.
-    """
-    size = tree_size(conn)
-    # The cursor is the last leaf's own (tx_id, position), not a lookup of its event: a
-    # deleted row must not stop the tree (the export then shows what is missing).
+def next_batch(size: int, after: tuple[str, int] | None, limit: int) -> Insert:
+    """The INSERT of the next ``limit`` events of the global order as one batch row, its
+    leaf hashes computed and its arrays built by PostgreSQL: none of the events' columns
+    travels to Python and back, only the new leaf hashes do (``RETURNING``)."""
     tx_id, position = cast(literal("0"), Xid8), literal(0, BigInteger)
-    if size:
-        last = conn.execute(
-            select(merkle_leaves.c.tx_id, merkle_leaves.c.position).where(
-                merkle_leaves.c.leaf_index == size - 1
-            )
-        ).one()
-        tx_id, position = cast(literal(str(last.tx_id)), Xid8), literal(last.position, BigInteger)
-    rows = conn.execute(
-        select(events.c.position, events.c.hash, cast(events.c.tx_id, Text))
+    if after is not None:
+        tx_id, position = cast(literal(after[0]), Xid8), literal(after[1], BigInteger)
+    leaf = func.sha256(
+        cast(literal(b"\x00", LargeBinary), LargeBinary).op("||")(func.decode(events.c.hash, "hex"))
+    )
+    upcoming = (
+        select(events.c.position, events.c.tx_id, leaf.label("leaf"))
         .where(*visible_after(tx_id, position))
         .order_by(events.c.tx_id, events.c.position)
         .limit(limit)
-    ).all()
-    if not rows:
+        .subquery()
+    )
+    order = (upcoming.c.tx_id, upcoming.c.position)
+    batch = select(
+        func.count().label("leaf_count"),
+        func.string_agg(
+            upcoming.c.leaf, aggregate_order_by(cast(literal(b""), LargeBinary), *order)
+        ).label("leaf_hashes"),
+        func.array_agg(aggregate_order_by(upcoming.c.position, *order)).label("positions"),
+        func.max(upcoming.c.tx_id).label("last_tx_id"),
+    ).subquery()
+    return (
+        insert(merkle_batches)
+        .from_select(
+            [c.name for c in merkle_batches.columns],
+            select(
+                literal(size, BigInteger),
+                batch.c.leaf_count,
+                batch.c.leaf_hashes,
+                batch.c.positions,
+                batch.c.last_tx_id,
+                batch.c.positions[batch.c.leaf_count],
+            ).where(batch.c.leaf_count > 0),
+        )
+        .returning(merkle_batches.c.leaf_hashes)
+    )
+
+
+def extend_tree(conn: Connection, limit: int = GROW_BATCH) -> int:
+    """Append the next ``limit`` (at most GROW_BATCH) events of the global order as leaves;
+    how many were added.
+
+    The caller holds :data:`TREE_LOCK` for the transaction.
+    """
+    # The cursor is where the last batch ends, not a lookup of its event: a deleted row
+    # must not stop the tree (the export then shows what is missing).
+    last = conn.execute(_LAST_BATCH).first()
+    size = 0 if last is None else int(last.size)
+    after = None if last is None else (str(last.tx_id), int(last.last_position))
+    leaves = conn.execute(next_batch(size, after, min(limit, GROW_BATCH))).scalar()
+    if leaves is None:
         return 0
     frontier = Frontier.at(size, read_nodes(conn, root_nodes(size)))
-    levels: list[int] = []
-    indexes: list[int] = []
-    hashes: list[bytes] = []
-    for _position, digest, _tx_id in rows:
-        for level, index, node in frontier.append(leaf_hash(bytes.fromhex(digest))):
-            levels.append(level)
-            indexes.append(index)
-            hashes.append(node)
-    conn.execute(
-        _INSERT_NODES,
-        {"levels": joined(levels), "indexes": joined(indexes), "hashes": b"".join(hashes)},
-    )
-    conn.execute(
-        _INSERT_LEAVES,
-        {
-            "first": size,
-            "positions": joined(p for p, _, _ in rows),
-            "tx_ids": joined(t for _, _, t in rows),
-        },
-    )
-    return len(rows)
+    nodes = frontier.extend(bytes(leaves), STRATUM)
+    if nodes:
+        conn.execute(
+            _INSERT_NODES,
+            {
+                "levels": joined(level for level, _, _ in nodes),
+                "indexes": joined(index for _, index, _ in nodes),
+                "hashes": b"".join(digest for _, _, digest in nodes),
+            },
+        )
+    return len(leaves) // HASH_SIZE
 
 
 def build_tree(conn: Connection, progress: Callable[[int], Any] | None = None) -> int:
     """Grow the tree over everything committed (the migration of an existing ledger)."""
     added = 0
-    while True:
-        batch = extend_tree(conn, 20 * GROW_BATCH)
-        if not batch:
-            return added
+    while batch := extend_tree(conn, GROW_BATCH):
         added += batch
-        if progress is not None:
+        if progress is not None and added % (20 * GROW_BATCH) < batch:
             progress(added)
+    return added
 
 
 class Tree:
@@ -248,12 +347,12 @@ class Proofs:
         return 0 if row is None or row[0] is None else int(row[0])
 
     async def hashes(self, ranges: list[Range]) -> list[bytes]:
-        """MTH of each leaf range, from the stored nodes (one query)."""
-        query = node_query(nodes_needed(ranges))
+        """MTH of each leaf range, from the stored nodes and leaves (one query)."""
+        query = NodeQuery.of(nodes_needed(ranges))
         nodes: dict[Node, bytes] = {}
         if query is not None:
             async with self.pool.connection() as conn:
                 metrics.DB_STATEMENTS.inc()
-                rows = await (await conn.execute(NODES_SQL, query)).fetchall()
-            nodes = found_nodes(query, rows)
+                rows = await (await conn.execute(NODES_SQL, query.params)).fetchall()
+            nodes = query.nodes(rows)
         return [range_hash(start, end, nodes) for start, end in ranges]

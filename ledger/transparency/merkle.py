@@ -125,6 +125,19 @@ def root_nodes(size: int) -> list[Node]:
     return perfect_nodes(0, size)
 
 
+def leaves_of(node: Node) -> Range:
+    level, index = node
+    return index << level, (index + 1) << level
+
+
+def perfect_hash(leaves: Sequence[bytes]) -> bytes:
+    """MTH of a power-of-two run of leaf hashes, pairwise level by level."""
+    level = list(leaves)
+    while len(level) > 1:
+        level = [node_hash(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+    return level[0]
+
+
 # -- growing ------------------------------------------------------------------------------
 
 
@@ -142,17 +155,27 @@ class Frontier:
 
     def append(self, leaf: bytes) -> list[tuple[int, int, bytes]]:
         """Add one leaf hash; the new perfect nodes ``(level, index, hash)``, leaf first."""
-        created = [(0, self.size, leaf)]
-        self.hashes.append(leaf)
-        level, index = 0, self.size
-        while index & 1:
-            right = self.hashes.pop()
-            left = self.hashes.pop()
-            level, index = level + 1, index >> 1
-            merged = node_hash(left, right)
-            self.hashes.append(merged)
-            created.append((level, index, merged))
-        self.size += 1
+        return self.extend(leaf)
+
+    def extend(self, leaves: bytes, from_level: int = 0) -> list[tuple[int, int, bytes]]:
+        """Add the concatenated leaf hashes; the new perfect nodes of at least
+        ``from_level``, as ``append`` gives them (the tree's growth: no list per leaf)."""
+        created: list[tuple[int, int, bytes]] = []
+        hashes = self.hashes
+        for offset in range(0, len(leaves), HASH_SIZE):
+            leaf = leaves[offset : offset + HASH_SIZE]
+            if from_level == 0:
+                created.append((0, self.size, leaf))
+            hashes.append(leaf)
+            level, index = 0, self.size
+            while index & 1:
+                right = hashes.pop()
+                merged = node_hash(hashes.pop(), right)
+                hashes.append(merged)
+                level, index = level + 1, index >> 1
+                if level >= from_level:
+                    created.append((level, index, merged))
+            self.size += 1
         return created
 
     def root(self) -> bytes:

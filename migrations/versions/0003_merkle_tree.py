@@ -11,17 +11,14 @@ Tables (design, section 9):
 * ``checkpoints (tree_size, root_hash, signed_at, note)``: every signed checkpoint.
 
 All three refuse UPDATE, DELETE and TRUNCATE like ``events`` (the refusal now names its
-table). The tree is built here for the events already stored, so an existing ledger has
-its tree before the server starts; the server grows it from there.
+table). Migration 0004 stores the leaves in batches and builds the tree for the events
+already stored (this revision built it in its first layout, and a ledger migrated then is
+converted by 0004), so an existing ledger has its tree before the server starts.
 """
 
 from __future__ import annotations
 
-import sys
-
 from alembic import op
-
-from ledger.storage.tree import TREE_LOCK, build_tree
 
 revision = "0003"
 down_revision = "0002"
@@ -84,13 +81,6 @@ def upgrade() -> None:
             f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON {table}"
             " FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_rewrite()"
         )
-    conn = op.get_bind()
-    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({TREE_LOCK})")
-
-    def progress(added: int) -> None:
-        print(f"merkle tree: {added:,} leaves", file=sys.stderr, flush=True)
-
-    build_tree(conn, progress)
 
 
 def downgrade() -> None:

@@ -187,7 +187,7 @@ def test_the_app_role_cannot_rewrite_history(
                 "DROP TABLE events",
                 "CREATE TABLE shadow (id int)",
                 "UPDATE merkle_nodes SET hash = sha256('x')",
-                "DELETE FROM merkle_leaves",
+                "DELETE FROM merkle_batches",
                 "TRUNCATE checkpoints",
                 "ALTER TABLE checkpoints DISABLE TRIGGER checkpoints_append_only",
             ):

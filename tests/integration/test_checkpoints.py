@@ -25,6 +25,7 @@ from alembic import command
 from ledger.storage.migrations import alembic_config, upgrade
 from ledger.transparency.merkle import (
     leaf_hash,
+    perfect_hash,
     tree_root,
     verify_consistency,
     verify_inclusion,
@@ -108,6 +109,15 @@ def export(server: LiveServer, path: Path) -> Path:
 def global_hashes(db: psycopg.Connection[Any]) -> list[bytes]:
     rows = db.execute("SELECT hash FROM events ORDER BY tx_id, position").fetchall()
     return [bytes.fromhex(h) for (h,) in rows]
+
+
+def leaf_positions(db: psycopg.Connection[Any]) -> list[int]:
+    """The event position of every leaf, in leaf order, as the batches store them."""
+    rows = db.execute(
+        "SELECT u.p FROM merkle_batches b CROSS JOIN LATERAL"
+        " unnest(b.positions) WITH ORDINALITY AS u(p, o) ORDER BY b.first_leaf, u.o"
+    ).fetchall()
+    return [int(p) for (p,) in rows]
 
 
 def as_superuser(db: psycopg.Connection[Any], *statements: str) -> None:
@@ -215,10 +225,38 @@ def test_a_migration_builds_the_tree_for_events_stored_before_it(
     assert db.execute("SELECT to_regclass('merkle_nodes')").fetchone() == (None,)
     upgrade(database_url)
     hashes = global_hashes(db)
-    assert db.execute("SELECT count(*) FROM merkle_leaves").fetchone() == (len(hashes),)
+    in_order = db.execute("SELECT position FROM events ORDER BY tx_id, position").fetchall()
+    assert leaf_positions(db) == [p for (p,) in in_order]
     again = server_factory(**FAST)
     assert wait_until(lambda: signed_size(again) == len(hashes))
     assert parse(latest_note(again)).root == tree_root(hashes)
+
+
+def test_a_tree_in_the_first_layout_is_converted_and_stays_consistent(
+    server_factory: Callable[..., LiveServer], database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """Migration 0003 stored a row per leaf and every node; 0004's downgrade writes that
+    layout back, its upgrade converts it: the checkpoints signed before still verify."""
+    live = server_factory(**FAST)
+    fill(live, sessions=5, events=7)  # 35 leaves: stored nodes and computed ones
+    size = signed_all(live, db)
+    before = latest_note(live)
+    live.stop()
+    command.downgrade(alembic_config(database_url), "0003")
+    assert db.execute("SELECT count(*) FROM merkle_leaves").fetchone() == (size,)
+    # Every perfect subtree, leaves included: 35 + 17 + 8 + 4 + 2 + 1.
+    assert db.execute("SELECT count(*) FROM merkle_nodes").fetchone() == (67,)
+    upgrade(database_url)
+    assert db.execute("SELECT to_regclass('merkle_leaves')").fetchone() == (None,)
+    assert db.execute("SELECT min(level) FROM merkle_nodes").fetchone() == (4,)
+    key = (live.data_dir / "checkpoint-key.pem").read_text()
+    again = server_factory(**FAST, LEDGER_CHECKPOINT_KEY=key)
+    fill(again, sessions=1, events=3)
+    signed_all(again, db)
+    with again.client(headers=auth("auditor")) as client:
+        assert_all_consistent(client, client.get("/api/checkpoints").json()["checkpoints"])
+    assert parse(before).size == size
+    assert parse(latest_note(again)).root == tree_root(global_hashes(db))
 
 
 def test_the_verifier_key_is_public_and_checkpoints_are_for_auditors(
@@ -441,20 +479,23 @@ def test_a_damaged_tree_is_refused_loudly_and_the_server_keeps_serving(
     server_factory: Callable[..., LiveServer], db: psycopg.Connection[Any]
 ) -> None:
     live = server_factory(**FAST)
-    fill(live, sessions=1, events=3)
+    fill(live, sessions=4, events=5)
     size = signed_all(live, db)
-    as_superuser(db, "DELETE FROM merkle_nodes WHERE level = 1 AND node_index = 0")
+    as_superuser(db, "DELETE FROM merkle_nodes WHERE level = 4 AND node_index = 0")
     fill(live, sessions=1, events=1)
     # Every round says so (the checkpointer lives on), and nothing is signed.
     assert wait_until(lambda: live.log().count("the stored tree cannot grow") >= 2)
     assert signed_size(live) == size
     with live.client(headers=auth("auditor")) as client:
-        third = db.execute("SELECT position FROM merkle_leaves WHERE leaf_index = 2").fetchone()
-        assert third is not None
-        params = {"position": third[0], "tree_size": size}  # its path is the lost node
+        # Leaf 17's path has the lost node (leaves 0 to 15); leaf 2's is computed from the
+        # leaf hashes, which are intact.
+        positions = leaf_positions(db)
+        params = {"position": positions[17], "tree_size": size}
         response = client.get("/api/proofs/inclusion", params=params)
         assert response.status_code == 500
         assert "the tree lacks" in response.json()["detail"]
+        params = {"position": positions[2], "tree_size": 16}
+        assert client.get("/api/proofs/inclusion", params=params).status_code == 200
         assert client.get("/api/sessions").status_code == 200
 
 
@@ -529,25 +570,32 @@ def test_an_offline_check_needs_only_the_key(
 
 
 def forged_tree_statements(db: psycopg.Connection[Any], leaf: int, data: bytes) -> list[str]:
-    """UPDATEs replacing one leaf of the stored tree and every perfect node above it."""
-    nodes = {
-        (int(level), int(index)): bytes(digest)
-        for level, index, digest in db.execute("SELECT level, node_index, hash FROM merkle_nodes")
+    """UPDATEs replacing one leaf hash of the stored tree and every stored node above it."""
+    batches = db.execute("SELECT first_leaf, leaf_hashes FROM merkle_batches").fetchall()
+    leaves = {
+        int(first) + i: bytes(hashes[i * 32 : (i + 1) * 32])
+        for first, hashes in batches
+        for i in range(len(hashes) // 32)
     }
-    nodes[(0, leaf)] = leaf_hash(data)
+    first = max(int(f) for f, _ in batches if int(f) <= leaf)
+    leaves[leaf] = leaf_hash(data)
     statements = [
-        f"UPDATE merkle_nodes SET hash = '\\x{nodes[(0, leaf)].hex()}'"
-        f" WHERE level = 0 AND node_index = {leaf}"
+        f"UPDATE merkle_batches SET leaf_hashes = overlay(leaf_hashes PLACING"
+        f" '\\x{leaves[leaf].hex()}' FROM {(leaf - first) * 32 + 1} FOR 32)"
+        f" WHERE first_leaf = {first}"
     ]
-    level, index = 0, leaf
-    while (level + 1, index >> 1) in nodes:
-        left, right = nodes[(level, index & ~1)], nodes[(level, index | 1)]
-        level, index = level + 1, index >> 1
-        nodes[(level, index)] = hashlib.sha256(b"\x01" + left + right).digest()
+    stored = {
+        (int(level), int(index))
+        for level, index in db.execute("SELECT level, node_index FROM merkle_nodes")
+    }
+    level, index = 4, leaf >> 4
+    while (level, index) in stored:
+        node = perfect_hash([leaves[i] for i in range(index << level, (index + 1) << level)])
         statements.append(
-            f"UPDATE merkle_nodes SET hash = '\\x{nodes[(level, index)].hex()}'"
+            f"UPDATE merkle_nodes SET hash = '\\x{node.hex()}'"
             f" WHERE level = {level} AND node_index = {index}"
         )
+        level, index = level + 1, index >> 1
     return statements
 
 
@@ -579,9 +627,9 @@ def test_two_processes_sign_under_many_writers_and_never_disagree(
         thread.join()
     assert errors == []
     total = signed_all(servers[0], db)
-    leaves = db.execute("SELECT l.position FROM merkle_leaves l ORDER BY l.leaf_index").fetchall()
+    leaves = leaf_positions(db)
     in_order = db.execute("SELECT position FROM events ORDER BY tx_id, position").fetchall()
-    assert leaves == in_order  # every event once, in global order
+    assert leaves == [p for (p,) in in_order]  # every event once, in global order
     assert len(leaves) == total
     with servers[1].client(headers=auth("auditor")) as client:
         stored = client.get("/api/checkpoints").json()["checkpoints"]

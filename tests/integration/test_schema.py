@@ -79,7 +79,7 @@ def test_migrations_are_the_only_schema(db: psycopg.Connection[Any]) -> None:
         "care_assignments",
         "events",
         "merkle_nodes",
-        "merkle_leaves",
+        "merkle_batches",
         "checkpoints",
     }
     views = {
@@ -89,7 +89,7 @@ def test_migrations_are_the_only_schema(db: psycopg.Connection[Any]) -> None:
         ).fetchall()
     }
     assert views == {"session_timeline", "stage_durations", "session_outcomes"}
-    assert db.execute("SELECT version_num FROM alembic_version").fetchone() == ("0003",)
+    assert db.execute("SELECT version_num FROM alembic_version").fetchone() == ("0004",)
 
 
 def test_migrations_go_down_and_up(databases: Any) -> None:
@@ -107,7 +107,7 @@ def test_migrations_go_down_and_up(databases: Any) -> None:
         command.downgrade(config, "base")
         command.upgrade(config, "head")
         with psycopg.connect(url) as conn:
-            assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0003",)
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0004",)
     finally:
         with databases.admin() as admin:
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

@@ -276,6 +276,25 @@ def test_edges_and_refusals() -> None:
             bad()
 
 
+@given(
+    size=st.integers(0, 300),
+    chunks=st.lists(st.integers(1, 40), min_size=1, max_size=8),
+    from_level=st.integers(0, 6),
+)
+def test_growing_in_chunks_from_a_level_keeps_exactly_those_nodes(
+    size: int, chunks: list[int], from_level: int
+) -> None:
+    tree = StoredTree(oracle_leaves(size, 3))
+    frontier, grown, start, turn = Frontier(), {}, 0, 0
+    while start < size:
+        end = min(size, start + chunks[turn % len(chunks)])
+        joined = b"".join(leaf_hash(data) for data in tree.leaves[start:end])
+        grown.update({(lv, i): h for lv, i, h in frontier.extend(joined, from_level)})
+        start, turn = end, turn + 1
+    assert grown == {node: h for node, h in tree.nodes.items() if node[0] >= from_level}
+    assert frontier.root() == tree.roots[size]
+
+
 def test_the_frontier_grows_exactly_the_perfect_subtrees() -> None:
     tree = StoredTree(oracle_leaves(37, 1))
     expected = {(level, index) for level in range(6) for index in range(37 >> level)}

@@ -1,0 +1,109 @@
+"""The stored tree against the pure one: batches of any size, nodes stored from 16 leaves up
+and computed below, every root and proof the same as over the leaves in memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Connection, create_engine
+
+from ledger.database_url import sqlalchemy_url
+from ledger.storage.tree import (
+    STRATUM,
+    TREE_LOCK,
+    TreeDamaged,
+    consistency_proof,
+    extend_tree,
+    hashes_of,
+    root_at,
+    tree_size,
+)
+from ledger.transparency.merkle import (
+    inclusion_ranges,
+    leaf_hash,
+    tree_root,
+    verify_consistency,
+    verify_inclusion,
+)
+from tests.support import DatabaseFactory
+
+LEAVES = 300
+
+
+@pytest.fixture(scope="module")
+def grown(databases: DatabaseFactory) -> Iterator[tuple[Connection, list[bytes]]]:
+    """A ledger of LEAVES events (inserted as a writer would, hashes made up), its tree
+    grown in batches of 1 to 40 leaves: batch edges fall everywhere against the 16-leaf
+    stratum."""
+    url = databases.create()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO sessions (id, patient_id) SELECT md5(s::text)::uuid, 'p' || s"
+            " FROM generate_series(1, 30) AS s"
+        )
+        for v in range(1, LEAVES // 30 + 1):
+            conn.execute(
+                "INSERT INTO events (session_id, version, type, status, progress, actor,"
+                " recorded_at, prev_hash, hash) SELECT md5(s::text)::uuid, %(v)s, 'progress',"
+                " 'queued', 0, 'test', now(), repeat('0', 64),"
+                " encode(sha256((s * 1000 + %(v)s)::text::bytea), 'hex')"
+                " FROM generate_series(1, 30) AS s",
+                {"v": v},
+            )
+        hashes = [
+            bytes.fromhex(h)
+            for (h,) in conn.execute("SELECT hash FROM events ORDER BY tx_id, position")
+        ]
+    engine = create_engine(sqlalchemy_url(url))
+    batch = [1, 40, 7, 16, 3, 33, 15, 17, 2, 31]
+    with engine.connect() as conn:
+        turn = 0
+        while True:
+            with conn.begin():
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({TREE_LOCK})")
+                if not extend_tree(conn, batch[turn % len(batch)]):
+                    break
+            turn += 1
+        yield conn, hashes
+    engine.dispose()
+
+
+def test_the_batches_hold_every_event_once(grown: tuple[Connection, list[bytes]]) -> None:
+    conn, hashes = grown
+    assert tree_size(conn) == len(hashes) == LEAVES
+    assert conn.exec_driver_sql("SELECT min(level) FROM merkle_nodes").scalar() == STRATUM
+    leaves = conn.exec_driver_sql(
+        "SELECT string_agg(leaf_hashes, ''::bytea ORDER BY first_leaf) FROM merkle_batches"
+    ).scalar()
+    assert leaves is not None
+    assert bytes(leaves) == b"".join(leaf_hash(h) for h in hashes)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_roots_and_proofs_equal_the_pure_trees(
+    grown: tuple[Connection, list[bytes]], data: st.DataObject
+) -> None:
+    conn, hashes = grown
+    second = data.draw(st.integers(1, LEAVES), label="second")
+    first = data.draw(st.integers(1, second), label="first")
+    index = data.draw(st.integers(0, second - 1), label="index")
+    root = root_at(conn, second)
+    assert root == tree_root(hashes[:second])
+    assert root_at(conn, first) == tree_root(hashes[:first])
+    proof = consistency_proof(conn, first, second)
+    verify_consistency(first, second, tree_root(hashes[:first]), root, proof)
+    path = hashes_of(conn, inclusion_ranges(index, second))
+    verify_inclusion(index, second, leaf_hash(hashes[index]), path, root)
+
+
+def test_a_slice_beyond_the_tree_is_named_damaged(
+    grown: tuple[Connection, list[bytes]],
+) -> None:
+    conn, _ = grown
+    with pytest.raises(TreeDamaged, match="the tree lacks"):
+        root_at(conn, LEAVES + 5)  # leaves 300 to 304 are in no batch
