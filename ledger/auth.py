@@ -2,12 +2,16 @@
 
 The signing algorithm comes from configuration and is handed to PyJWT as the only one
 allowed, so a token cannot choose ``none`` or turn an RS256 public key into an HS256 secret.
+With an identity provider's JWKS (:mod:`ledger.jwks`) the token's ``kid`` picks the key,
+and the key fixes the algorithm, which must be one of ``LEDGER_JWT_ALGORITHMS``. Where the
+role and the subject are in the claims is configured for either (design, section 11).
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -18,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from ledger.errors import Forbidden, SetupError, Unauthorized
+from ledger.jwks import KeySet
 from ledger.settings import Settings
 
 SECRET_FILE = "jwt-secret"
@@ -36,6 +41,8 @@ class Role(StrEnum):
     SERVICE = "service"
 
 
+# When a token carries several ledger roles (a provider's role list), the first of these wins.
+ROLE_PRECEDENCE = (Role.ADMIN, Role.AUDITOR, Role.SERVICE, Role.THERAPIST, Role.PATIENT)
 READ_ALL = frozenset({Role.ADMIN, Role.AUDITOR})
 APPENDERS = frozenset({Role.ADMIN, Role.SERVICE})
 
@@ -53,6 +60,27 @@ class KeyConfig:
     algorithm: str
     verify_key: Any
     signing_key: Any | None
+    jwks: KeySet | None = None  # set: keys by kid from the provider; the others unused
+
+
+def claim_at(claims: Mapping[str, Any], path: str) -> Any:
+    """The claim at a dotted ``path`` (``realm_access.roles``); a key holding dots itself
+    (``https://clinic.example/roles``) is matched whole, the longest prefix first."""
+    if path in claims:
+        return claims[path]
+    cut = len(path)
+    while (cut := path.rfind(".", 0, cut)) > 0:
+        inner = claims.get(path[:cut])
+        if isinstance(inner, Mapping):
+            return claim_at(inner, path[cut + 1 :])
+    return None
+
+
+def ledger_role(value: Any) -> Role | None:
+    """The ledger role in a role claim (a string or a list of them), by precedence."""
+    held = {value} if isinstance(value, str) else value if isinstance(value, list) else ()
+    names = {name for name in held if isinstance(name, str)}
+    return next((role for role in ROLE_PRECEDENCE if role.value in names), None)
 
 
 def _dev_secret(data_dir: Path, *, create: bool) -> str:
@@ -79,6 +107,16 @@ def _dev_secret(data_dir: Path, *, create: bool) -> str:
 
 def load_keys(settings: Settings, *, create: bool = False) -> KeyConfig:
     """The configured keys; ``create`` (the server) makes the development secret if needed."""
+    if settings.jwt_jwks_url:
+        if settings.jwt_public_key or settings.jwt_secret:
+            raise SetupError(
+                "LEDGER_JWT_JWKS_URL is set: unset LEDGER_JWT_PUBLIC_KEY and LEDGER_JWT_SECRET"
+                " (one source of keys; never an HMAC secret beside a JWKS)"
+            )
+        keys = KeySet(
+            settings.jwt_jwks_url, settings.jwt_jwks_refresh_seconds, settings.jwt_algorithms
+        )
+        return KeyConfig("", None, None, jwks=keys)
     if settings.jwt_public_key:
         try:
             public = load_pem_public_key(settings.jwt_public_key.encode())
@@ -104,54 +142,91 @@ class TokenVerifier:
         self.audience = settings.jwt_audience
         self.issuer = settings.jwt_issuer
         self.leeway = settings.jwt_leeway_seconds
-        self._verified: dict[str, Principal] = {}
+        self.role_claim = settings.jwt_role_claim
+        self.subject_claim = settings.jwt_subject_claim
+        # Each verified token with the JWKS key that verified it (None: a fixed key), so
+        # that a remembered token does not outlive its key.
+        self._verified: dict[str, tuple[Principal, tuple[str, jwt.PyJWK] | None]] = {}
 
-    def verify(self, token: str) -> Principal:
-        """The token's principal; a token seen before skips the signature, not the expiry.
+    async def verify(self, token: str) -> Principal:
+        """The token's principal; a token seen before skips the signature, not the expiry,
+        nor the check that the JWKS key which verified it is still the one published.
 
         Only a token that passed every check is remembered, and what can change with time
-        (``exp``) is checked on every use; a passed ``nbf`` stays passed.
+        (``exp``, the key set) is checked on every use; a passed ``nbf`` stays passed.
         """
         known = self._verified.get(token)
         if known is not None:
-            if time.time() >= known.expires_at:
+            principal, verified_by = known
+            if time.time() >= principal.expires_at:
                 del self._verified[token]
                 raise Unauthorized("token expired")
-            return known
-        principal = self._verify_signed(token)
-        if len(self._verified) >= VERIFIED_CACHE_SIZE:
-            self._verified.clear()
-        self._verified[token] = principal
-        return principal
-
-    def _verify_signed(self, token: str) -> Principal:
+            if verified_by is None or self._still_published(*verified_by):
+                return principal
+            del self._verified[token]  # keys refreshed since: verified again, in full
         if len(token) > MAX_TOKEN_BYTES:
             raise Unauthorized("token too large")
+        key, algorithms, verified_by = self.keys.verify_key, [self.keys.algorithm], None
+        if self.keys.jwks is not None:
+            verified_by = await self._jwks_key(token)
+            key, algorithms = verified_by[1], list(self.keys.jwks.algorithms)
+        principal = self._verify_signed(token, key, algorithms)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = (principal, verified_by)
+        return principal
+
+    def _still_published(self, kid: str, key: jwt.PyJWK) -> bool:
+        """Whether ``key`` is the one the last fetch published under ``kid`` (each fetch
+        makes new key objects, so a remembered token is verified again once after it)."""
+        return self.keys.jwks is not None and self.keys.jwks.keys.get(kid) is key
+
+    async def _jwks_key(self, token: str) -> tuple[str, jwt.PyJWK]:
+        assert self.keys.jwks is not None
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized(f"invalid token: {exc}") from None
+        if not isinstance(kid, str) or not kid:
+            raise Unauthorized("invalid token: no 'kid' header naming the provider's key")
+        key = await self.keys.jwks.key(kid)
+        if key is None:
+            raise Unauthorized("invalid token: its 'kid' names no published key")
+        return kid, key
+
+    def _verify_signed(self, token: str, key: Any, algorithms: list[str]) -> Principal:
         try:
             claims = jwt.decode(
                 token,
-                self.keys.verify_key,
-                algorithms=[self.keys.algorithm],
+                key,
+                algorithms=algorithms,
                 audience=self.audience,
                 issuer=self.issuer,
                 leeway=self.leeway,
-                options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
+                options={"require": ["exp"], "verify_aud": self.audience is not None},
             )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("token expired") from None
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"invalid token: {exc}") from None
-        subject, role = claims.get("sub"), claims.get("role")
+        subject = claim_at(claims, self.subject_claim)
         if not isinstance(subject, str) or not subject:
-            raise Unauthorized("invalid token: 'sub' must be a non-empty string")
-        try:
-            parsed_role = Role(role if isinstance(role, str) else "")
-        except ValueError:
-            raise Unauthorized("invalid token: unknown role") from None
+            raise Unauthorized(f"invalid token: '{self.subject_claim}' must be a non-empty string")
+        role = ledger_role(claim_at(claims, self.role_claim))
+        if role is None:
+            expected = ", ".join(r.value for r in ROLE_PRECEDENCE)
+            raise Unauthorized(
+                f"invalid token: no ledger role in '{self.role_claim}' (expected one of {expected})"
+            )
         # Valid until the same moment the verifier would start refusing it.
-        return Principal(subject, parsed_role, float(claims["exp"]) + self.leeway)
+        return Principal(subject, role, float(claims["exp"]) + self.leeway)
 
     def mint(self, role: Role, subject: str, ttl_seconds: int) -> str:
+        if self.keys.jwks is not None:
+            raise SetupError(
+                "with LEDGER_JWT_JWKS_URL the identity provider issues the tokens: pass one"
+                " with --token"
+            )
         if self.keys.signing_key is None:
             raise SetupError("minting RS/ES tokens needs LEDGER_JWT_PRIVATE_KEY")
         now = int(time.time())

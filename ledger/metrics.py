@@ -66,3 +66,13 @@ CHECKPOINT_REFUSALS = Counter(
     "ledger_checkpoint_refusals_total",
     "Rounds in which the stored tree did not extend an earlier checkpoint: nothing was signed",
 )
+JWKS_FETCHES = Counter(
+    "ledger_jwks_fetches_total",
+    "Fetches of the identity provider's JWKS document, by outcome (ok, failed)",
+    ["outcome"],
+)
+JWKS_KEYS = Gauge(
+    "ledger_jwks_keys",
+    "Signing keys this process holds from the JWKS document",
+    multiprocess_mode="min",
+)

@@ -92,6 +92,10 @@ async def running(settings: Settings, url: str | None = None) -> AsyncIterator[R
         listener = Listener(url, hub, probe_seconds=settings.listener_probe_seconds)
         stack.push_async_callback(listener.stop)  # stopped first: nothing reports any more
         await listener.start()
+        if verifier.keys.jwks is not None:
+            await verifier.keys.jwks.fetch()  # the first requests find the keys loaded
+            refreshing = asyncio.create_task(verifier.keys.jwks.run(), name="ledger-jwks")
+            stack.callback(refreshing.cancel)
         if settings.memory_trim_seconds:
             trimming = asyncio.create_task(trim_every(settings.memory_trim_seconds))
             stack.callback(trimming.cancel)

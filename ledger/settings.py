@@ -49,6 +49,19 @@ def find_data_dir() -> Path:
     return Path(DATA_DIR_NAME)
 
 
+# What a JWKS key may verify: PyJWT's asymmetric algorithms.
+JWKS_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
 JwtAlgorithm = Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384"]
 
 
@@ -71,6 +84,16 @@ class Settings(BaseSettings):
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     jwt_leeway_seconds: int = Field(default=10, ge=0, le=300)
+    # An identity provider's keys (design, section 11): its JWKS document, fetched again
+    # this often and on an unknown `kid` (at most once per interval); only these
+    # asymmetric algorithms (never `none` or HMAC).
+    jwt_jwks_url: str | None = None
+    jwt_jwks_refresh_seconds: float = Field(default=300.0, gt=0)
+    jwt_algorithms: Annotated[list[str], NoDecode] = ["RS256", "ES256", "EdDSA"]
+    # Where the role and the subject are in the token's claims: a dotted path (a key that
+    # itself holds dots, like Auth0's namespaced claims, is matched whole first).
+    jwt_role_claim: str = Field(default="role", min_length=1)
+    jwt_subject_claim: str = Field(default="sub", min_length=1)
 
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -128,11 +151,31 @@ class Settings(BaseSettings):
             sqlalchemy_url(value)  # both readers must understand it (NotALibpqUrl if not)
         return value
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "jwt_algorithms", mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
-            return [origin.strip() for origin in value.split(",") if origin.strip()]
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _asymmetric(cls, value: list[str]) -> list[str]:
+        refused = [name for name in value if name not in JWKS_ALGORITHMS]
+        if refused:
+            raise ValueError(
+                f"{', '.join(refused)} not allowed: one or more of {', '.join(JWKS_ALGORITHMS)}"
+                " (a JWKS publishes public keys: never 'none' or an HMAC algorithm)"
+            )
+        if not value:
+            raise ValueError("at least one algorithm is needed")
+        return value
+
+    @field_validator("jwt_jwks_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("expected an http:// or https:// URL of a JWKS document")
         return value
 
     @field_validator("cors_origins")

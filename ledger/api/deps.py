@@ -42,7 +42,7 @@ BearerToken = Annotated[str, Depends(get_bearer_token)]
 
 
 async def authenticate(runtime: RuntimeDep, token: BearerToken) -> Principal:
-    return runtime.verifier.verify(token)
+    return await runtime.verifier.verify(token)
 
 
 async def authenticate_stream(connection: HTTPConnection, runtime: RuntimeDep) -> Principal:
@@ -55,11 +55,11 @@ async def authenticate_stream(connection: HTTPConnection, runtime: RuntimeDep) -
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("the Authorization header must be 'Bearer <token>'")
-        return runtime.verifier.verify(token.strip())
+        return await runtime.verifier.verify(token.strip())
     candidate = connection.query_params.get(TOKEN_PARAM) or connection.cookies.get(TOKEN_COOKIE)
     if not candidate:
         raise Unauthorized("missing token (Authorization header, access_token query or cookie)")
-    return runtime.verifier.verify(candidate)
+    return await runtime.verifier.verify(candidate)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]

@@ -1,15 +1,16 @@
 """The Merkle tree's tables: growing the tree behind the global order, reading proofs.
 
 Leaf ``i`` is the ``i``-th event of the commit-safe global order (:mod:`.global_order`),
-its input the event's 32-byte ``hash``. Growing reads the next events after the last
-leaf's position, appends their leaves to the frontier (the O(log n) perfect subtrees of
-the tree so far), stores the leaves as one row per batch (their hashes, their events'
-positions, where the batch ends in the global order) and inserts every new perfect node of
-at least ``2**STRATUM`` leaves, all in one transaction under an advisory lock, so one
-process at a time grows it and a crash leaves no half-grown tree. It never runs inside an
-append's transaction. A node below the stratum is computed from the at most
-``2**STRATUM`` leaf hashes under it when a proof needs it: one row per leaf and two per
-node cost more than everything else in growing the tree (docs/ARCHITECTURE.md).
+its input the event's 32-byte ``hash``. Growing has PostgreSQL store the next events
+after where the last batch ends as one batch row (their leaf hashes, their events'
+positions, where the batch ends in the global order), returning only the leaf hashes;
+those are appended to the frontier (the O(log n) perfect subtrees of the tree so far) and
+every new perfect node of at least ``2**STRATUM`` leaves is inserted, all in one
+transaction under an advisory lock, so one process at a time grows it and a crash leaves
+no half-grown tree. It never runs inside an append's transaction. A node below the
+stratum is computed from the (fewer than ``2**STRATUM``) leaf hashes under it when a proof
+needs it: one row per leaf and two per node cost more than everything else in growing the
+tree (docs/ARCHITECTURE.md).
 
 The functions here take a synchronous SQLAlchemy ``Connection``: the migration that builds
 the tree for an existing ledger calls them directly, and the server through
@@ -248,7 +249,7 @@ def next_batch(size: int, after: tuple[str, int] | None, limit: int) -> Insert:
             upcoming.c.leaf, aggregate_order_by(cast(literal(b""), LargeBinary), *order)
         ).label("leaf_hashes"),
         func.array_agg(aggregate_order_by(upcoming.c.position, *order)).label("positions"),
-        func.max(upcoming.c.tx_id).label("last_tx_id"),
+        func.array_agg(aggregate_order_by(upcoming.c.tx_id, *order)).label("tx_ids"),
     ).subquery()
     return (
         insert(merkle_batches)
@@ -259,7 +260,7 @@ def next_batch(size: int, after: tuple[str, int] | None, limit: int) -> Insert:
                 batch.c.leaf_count,
                 batch.c.leaf_hashes,
                 batch.c.positions,
-                batch.c.last_tx_id,
+                batch.c.tx_ids[batch.c.leaf_count],
                 batch.c.positions[batch.c.leaf_count],
             ).where(batch.c.leaf_count > 0),
         )

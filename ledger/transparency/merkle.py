@@ -155,11 +155,15 @@ class Frontier:
 
     def append(self, leaf: bytes) -> list[tuple[int, int, bytes]]:
         """Add one leaf hash; the new perfect nodes ``(level, index, hash)``, leaf first."""
+        if len(leaf) != HASH_SIZE:
+            raise ValueError(f"a leaf hash is {HASH_SIZE} bytes, not {len(leaf)}")
         return self.extend(leaf)
 
     def extend(self, leaves: bytes, from_level: int = 0) -> list[tuple[int, int, bytes]]:
         """Add the concatenated leaf hashes; the new perfect nodes of at least
         ``from_level``, as ``append`` gives them (the tree's growth: no list per leaf)."""
+        if len(leaves) % HASH_SIZE:
+            raise ValueError(f"leaf hashes are {HASH_SIZE} bytes each, not {len(leaves)} in all")
         created: list[tuple[int, int, bytes]] = []
         hashes = self.hashes
         for offset in range(0, len(leaves), HASH_SIZE):

@@ -44,18 +44,21 @@ APPEND_ONLY = (
 
 
 def copy_grants(conn: Connection, source: str, target: str) -> None:
-    """Grant on ``target`` what each role other than the owner holds on ``source``."""
-    grants = conn.execute(
+    """Grant on ``target`` what each role other than the owner holds on ``source`` (in
+    this schema; PUBLIC and grant options included), the statements quoted by PostgreSQL."""
+    statements = conn.execute(
         text(
-            "SELECT grantee, string_agg(privilege_type, ', ') FROM"
-            " information_schema.role_table_grants WHERE table_name = :source"
-            " AND grantee <> (SELECT tableowner FROM pg_tables WHERE tablename = :source)"
-            " GROUP BY grantee"
+            "SELECT format('GRANT %s ON %I TO %s%s', a.privilege_type, CAST(:target AS text),"
+            " CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END,"
+            " CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)"
+            " FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a"
+            " LEFT JOIN pg_roles r ON r.oid = a.grantee"
+            " WHERE c.oid = to_regclass(CAST(:source AS text)) AND a.grantee <> c.relowner"
         ),
-        {"source": source},
-    ).all()
-    for grantee, privileges in grants:
-        op.execute(f'GRANT {privileges} ON {target} TO "{grantee}"')
+        {"source": source, "target": target},
+    ).scalars()
+    for statement in statements.all():
+        op.execute(statement)
 
 
 def upgrade() -> None:
@@ -78,14 +81,17 @@ def upgrade() -> None:
     op.execute(APPEND_ONLY.format(table="merkle_batches"))
     conn = op.get_bind()
     conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({TREE_LOCK})")
-    lost = conn.execute(
+    leaves, hashed, last = conn.execute(
         text(
-            "SELECT count(*) FROM merkle_leaves l LEFT JOIN merkle_nodes n"
-            " ON n.level = 0 AND n.node_index = l.leaf_index WHERE n.hash IS NULL"
+            "SELECT count(*), count(n.hash), max(l.leaf_index) FROM merkle_leaves l"
+            " LEFT JOIN merkle_nodes n ON n.level = 0 AND n.node_index = l.leaf_index"
         )
-    ).scalar_one()
-    if lost:
-        raise RuntimeError(f"the stored tree lacks {lost} leaf hashes: it cannot be converted")
+    ).one()
+    if hashed != leaves or (last is not None and last + 1 != leaves):
+        raise RuntimeError(
+            f"the stored tree cannot be converted: {leaves} leaves, {hashed} with their hash,"
+            f" the last numbered {last} (rows were removed behind the server's back)"
+        )
     conn.execute(
         text(
             """

@@ -236,7 +236,7 @@ def test_health_and_readiness(server: LiveServer) -> None:
         assert client.get("/healthz").json() == {"status": "ok"}
         ready = client.get("/readyz")
         assert ready.status_code == 200
-        assert ready.json() == {"status": "ready", "database": True, "listener": True}
+        assert ready.json() == {"status": "ready", "database": True, "listener": True, "keys": True}
         assert "ledger_subscribers" in client.get("/metrics").text
 
 

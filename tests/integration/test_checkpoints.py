@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -244,11 +245,25 @@ def test_a_tree_in_the_first_layout_is_converted_and_stays_consistent(
     live.stop()
     command.downgrade(alembic_config(database_url), "0003")
     assert db.execute("SELECT count(*) FROM merkle_leaves").fetchone() == (size,)
+    role = f"ledger_app_{uuid.uuid4().hex[:8]}"  # granted on 0003's table, as deployed
+    db.execute(f'CREATE ROLE "{role}"')
+    db.execute(f'GRANT SELECT, INSERT ON merkle_leaves TO "{role}"')
     # Every perfect subtree, leaves included: 35 + 17 + 8 + 4 + 2 + 1.
     assert db.execute("SELECT count(*) FROM merkle_nodes").fetchone() == (67,)
     upgrade(database_url)
     assert db.execute("SELECT to_regclass('merkle_leaves')").fetchone() == (None,)
     assert db.execute("SELECT min(level) FROM merkle_nodes").fetchone() == (4,)
+    try:
+        rights = db.execute(
+            "SELECT has_table_privilege(%(r)s, 'merkle_batches', 'SELECT'),"
+            " has_table_privilege(%(r)s, 'merkle_batches', 'INSERT'),"
+            " has_table_privilege(%(r)s, 'merkle_batches', 'UPDATE')",
+            {"r": role},
+        ).fetchone()
+        assert rights == (True, True, False)
+    finally:
+        db.execute(f'DROP OWNED BY "{role}"')
+        db.execute(f'DROP ROLE "{role}"')
     key = (live.data_dir / "checkpoint-key.pem").read_text()
     again = server_factory(**FAST, LEDGER_CHECKPOINT_KEY=key)
     fill(again, sessions=1, events=3)

@@ -24,17 +24,31 @@ async def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    responses={503: {"description": "The database is unreachable or the listener is down."}},
+    responses={
+        503: {
+            "description": "The database is unreachable, the listener is down, or no key"
+            " of the identity provider's JWKS has been loaded yet."
+        }
+    },
 )
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """Ready when the database answers and this process's LISTEN connection is up."""
+    """Ready when the database answers, this process's LISTEN connection is up and it has
+    keys to verify tokens with. ``keys_error`` says why the last JWKS fetch failed (the
+    keys held keep verifying)."""
     database = await runtime.database_answers()
     listener = runtime.listener.listening
-    ready = database and listener
-    return JSONResponse(
-        {"status": "ready" if ready else "unavailable", "database": database, "listener": listener},
-        status_code=200 if ready else 503,
-    )
+    jwks = runtime.verifier.keys.jwks
+    keys = jwks is None or jwks.loaded
+    ready = database and listener and keys
+    body: dict[str, object] = {
+        "status": "ready" if ready else "unavailable",
+        "database": database,
+        "listener": listener,
+        "keys": keys,
+    }
+    if jwks is not None and jwks.error is not None:
+        body["keys_error"] = jwks.error
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get(
