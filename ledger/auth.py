@@ -113,6 +113,11 @@ def load_keys(settings: Settings, *, create: bool = False) -> KeyConfig:
                 "LEDGER_JWT_JWKS_URL is set: unset LEDGER_JWT_PUBLIC_KEY and LEDGER_JWT_SECRET"
                 " (one source of keys; never an HMAC secret beside a JWKS)"
             )
+        if not settings.jwt_issuer or not settings.jwt_audience:
+            raise SetupError(
+                "LEDGER_JWT_JWKS_URL needs LEDGER_JWT_ISSUER and LEDGER_JWT_AUDIENCE: a"
+                " provider signs other tenants' and other applications' tokens with the same keys"
+            )
         keys = KeySet(
             settings.jwt_jwks_url, settings.jwt_jwks_refresh_seconds, settings.jwt_algorithms
         )

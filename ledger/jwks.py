@@ -1,13 +1,13 @@
 """An identity provider's signing keys, from its JWKS document (design, section 11).
 
-PyJWT parses the document (``PyJWKSet``) and verifies with its keys; fetching is ours,
+PyJWT parses each key (``PyJWK``) and verifies with its keys; fetching is ours,
 because ``PyJWKClient`` fetches with blocking ``urllib`` (in the event loop, every
 request would wait), reads a body of any size, forgets its cached keys when its cache
 expires while the endpoint is down, and refetches on every unknown ``kid`` until a fetch
 succeeds. Here one document at a time is fetched with a bounded size and time; a failed
 fetch keeps the keys held; and every fetch, on schedule or for an unknown ``kid``, is at
 least ``refresh`` seconds after the one before, so a flood of forged ``kid``s is at most
-one fetch per interval.
+one fetch per interval (per process).
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 
 import httpx
-from jwt import PyJWK, PyJWKSet
-from jwt.exceptions import PyJWKSetError
+from jwt import PyJWK
 
 from ledger import metrics
 
@@ -39,14 +38,11 @@ def signing_keys(document: object, algorithms: Iterable[str]) -> dict[str, PyJWK
     absent or ``sig``), asymmetric, and bound to one of ``algorithms``."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise FetchFailed("not a JWKS document (a JSON object with a 'keys' list)")
-    try:
-        parsed = PyJWKSet.from_dict(document)
-    except PyJWKSetError as exc:
-        raise FetchFailed(f"no usable key ({exc})") from None
+    parsed = [key for key in map(parsed_key, document["keys"]) if key is not None]
     allowed = set(algorithms)
     keys = {
         key.key_id: key
-        for key in parsed.keys
+        for key in parsed
         if isinstance(key.key_id, str)
         and key.key_id
         and key.public_key_use in ("sig", None)
@@ -56,6 +52,17 @@ def signing_keys(document: object, algorithms: Iterable[str]) -> dict[str, PyJWK
     if not keys:
         raise FetchFailed(f"no signing key with a kid for {', '.join(sorted(allowed))}")
     return keys
+
+
+def parsed_key(entry: object) -> PyJWK | None:
+    """One JWK as PyJWT reads it; None when PyJWT cannot (an unknown type or curve, a
+    missing or malformed field): one bad key does not cost the document's others."""
+    if not isinstance(entry, dict):
+        return None
+    try:
+        return PyJWK(entry)
+    except Exception:  # PyJWT's own errors, and e.g. a TypeError for a list where a name goes
+        return None
 
 
 class KeySet:
@@ -114,19 +121,25 @@ class KeySet:
             metrics.JWKS_KEYS.set(len(self.keys))
 
     async def _download(self) -> object:
+        """The document, within FETCH_TIMEOUT_SECONDS in all (not per read: a server that
+        trickles bytes must not hold the lock) and MAX_DOCUMENT_BYTES as sent."""
+        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
         try:
             async with (
+                asyncio.timeout(FETCH_TIMEOUT_SECONDS),
                 httpx.AsyncClient(timeout=FETCH_TIMEOUT_SECONDS) as client,
-                client.stream("GET", self.url, headers={"Accept": "application/json"}) as got,
+                client.stream("GET", self.url, headers=headers) as got,
             ):
                 if got.status_code != 200:
                     raise FetchFailed(f"answered {got.status_code}")
                 body = bytearray()
-                async for chunk in got.aiter_bytes():
+                async for chunk in got.aiter_raw():
                     body += chunk
                     if len(body) > MAX_DOCUMENT_BYTES:
                         raise FetchFailed(f"larger than {MAX_DOCUMENT_BYTES} bytes")
-        except httpx.HTTPError as exc:
+        except TimeoutError:
+            raise FetchFailed(f"no answer within {FETCH_TIMEOUT_SECONDS:g} s") from None
+        except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
             raise FetchFailed(f"unreachable ({exc.__class__.__name__}: {exc})") from None
         try:
             return json.loads(body)

@@ -100,6 +100,7 @@ async def running(settings: Settings, url: str | None = None) -> AsyncIterator[R
             trimming = asyncio.create_task(trim_every(settings.memory_trim_seconds))
             stack.callback(trimming.cancel)
         checkpoint_verifier = None
+        checkpointer: Checkpointer | None = None
         if settings.checkpoint_seconds:
             key = load_signing_key(settings, create=True)
             assert key is not None  # created if missing
@@ -113,10 +114,13 @@ async def running(settings: Settings, url: str | None = None) -> AsyncIterator[R
                 vouched_path(settings),
                 activity=lambda: hub.activity,
             )
-            signing = asyncio.create_task(checkpointer.run(), name="ledger-checkpointer")
-            stack.callback(signing.cancel)
         if not await listener.wait_listening(LISTENER_START_SECONDS):
             log.warning("the LISTEN connection is not up yet; /readyz reports it")
+        if checkpointer is not None:
+            # Started once the listener is up: its connecting counts as activity, and a
+            # round begun before it would be followed by a second one with nothing to do.
+            signing = asyncio.create_task(checkpointer.run(), name="ledger-checkpointer")
+            stack.callback(signing.cancel)
         yield Runtime(
             settings=settings,
             verifier=verifier,

@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
+import httpx
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -173,9 +174,22 @@ class Settings(BaseSettings):
 
     @field_validator("jwt_jwks_url")
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("https://", "http://")):
-            raise ValueError("expected an http:// or https:// URL of a JWKS document")
+    def _https_url(cls, value: str | None) -> str | None:
+        """https, or http on this machine only: whoever can change the document in
+        transit can publish keys of their own."""
+        if value is None:
+            return value
+        try:
+            url = httpx.URL(value)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"not a URL ({exc})") from None
+        local = url.host in ("127.0.0.1", "localhost", "::1")
+        if (
+            not url.host
+            or url.scheme not in ("https", "http")
+            or (url.scheme == "http" and not local)
+        ):
+            raise ValueError("expected the https:// URL of a JWKS document (http only on loopback)")
         return value
 
     @field_validator("cors_origins")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class JwksServer:
     content_type: str = "application/json"
     requests: int = 0
     paths: list[str] = field(default_factory=list)
+    trickle: float = 0.0  # seconds between the body's bytes (0: all at once)
     _server: ThreadingHTTPServer | None = None
 
     def publish(self, *keys: SigningKey | dict[str, Any]) -> None:
@@ -86,7 +88,13 @@ class JwksServer:
                 self.send_header("Content-Type", owner.content_type)
                 self.send_header("Content-Length", str(len(owner.body)))
                 self.end_headers()
-                self.wfile.write(owner.body)
+                if not owner.trickle:
+                    self.wfile.write(owner.body)
+                    return
+                for byte in owner.body[:20]:  # enough to prove the point, then hang up
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(owner.trickle)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -3,6 +3,7 @@ change under a running ledger (design, section 11)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -20,6 +21,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from ledger.jwks import FETCH_TIMEOUT_SECONDS, KeySet
 from tests.integration.test_browser import CHROMIUM, FLAGS
 from tests.jwks_server import JwksServer, SigningKey, jwks_server
 from tests.readme import block
@@ -51,8 +53,18 @@ def keys() -> dict[str, SigningKey]:
     }
 
 
+ISSUER, AUDIENCE = "https://sso.clinic.test/", "ledger"
+
+
 def claims(role: Any = "admin", sub: str = "dr-who", **more: Any) -> dict[str, Any]:
-    return {"sub": sub, "role": role, "exp": int(time.time()) + ONE_HOUR, **more}
+    return {
+        "sub": sub,
+        "role": role,
+        "exp": int(time.time()) + ONE_HOUR,
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        **more,
+    }
 
 
 def jwks_env(server: JwksServer, refresh: float = 1.0, **more: str) -> dict[str, str]:
@@ -60,6 +72,8 @@ def jwks_env(server: JwksServer, refresh: float = 1.0, **more: str) -> dict[str,
         "LEDGER_JWT_JWKS_URL": server.url,
         "LEDGER_JWT_JWKS_REFRESH_SECONDS": str(refresh),
         "LEDGER_JWT_SECRET": "",
+        "LEDGER_JWT_ISSUER": ISSUER,
+        "LEDGER_JWT_AUDIENCE": AUDIENCE,
         **more,
     }
 
@@ -182,7 +196,58 @@ BAD_ANSWERS: dict[str, tuple[int, bytes, str]] = {
         "application/json",
     ),
     "a huge document": (200, b'{"keys": [' + b" " * (2 * 1024 * 1024) + b"]}", "application/json"),
+    "a malformed key": (
+        200,
+        json.dumps({"keys": [{"kty": "RSA", "kid": "x", "alg": ["RS256"], "n": "AQAB"}]}).encode(),
+        "application/json",
+    ),
 }
+
+
+def test_every_fetch_is_at_least_an_interval_after_the_last(
+    jwks: JwksServer, keys: dict[str, SigningKey]
+) -> None:
+    """The key set alone, on a clock the test moves: a new kid is fetched by the first
+    token that names it once the interval has passed, and 1,000 concurrent unknown kids
+    then are one fetch, not a thousand."""
+    now = [1000.0]
+    jwks.publish(keys["rsa"])
+    key_set = KeySet(jwks.url, refresh=60, algorithms=["RS256", "ES256"], clock=lambda: now[0])
+
+    async def scenario() -> None:
+        await key_set.fetch()
+        assert jwks.requests == 1
+        jwks.publish(keys["rsa"], keys["ec"])
+        assert await key_set.key("ec-1") is None  # within the interval: no fetch
+        assert jwks.requests == 1
+        now[0] += 60
+        found = await asyncio.gather(*(key_set.key(f"forged-{i}") for i in range(1000)))
+        assert found == [None] * 1000
+        assert jwks.requests == 2  # one fetch for all of them
+        assert key_set.holds("ec-1")  # and it brought the new key
+        now[0] += 60
+        assert await key_set.key("ec-1") is not None  # known: no fetch
+        assert (await key_set.key("rsa-2")) is None
+        assert jwks.requests == 3  # an unknown kid after another interval: one more
+
+    asyncio.run(scenario())
+
+
+def test_a_trickling_endpoint_is_cut_off(jwks: JwksServer, keys: dict[str, SigningKey]) -> None:
+    """A server that sends a byte at a time, slower than the fetch's bound, gets no hold
+    on the lock: the fetch fails within FETCH_TIMEOUT_SECONDS and the keys stay."""
+    jwks.publish(keys["rsa"])
+    key_set = KeySet(jwks.url, refresh=0.01, algorithms=["RS256"])
+
+    async def scenario() -> None:
+        await key_set.fetch()
+        assert key_set.holds("rsa-1")
+        jwks.trickle = 1.0  # a second per byte
+        await key_set.fetch()  # 20 bytes at a second each: past the bound, not read through
+        assert key_set.error == f"no answer within {FETCH_TIMEOUT_SECONDS:g} s"
+        assert key_set.holds("rsa-1")
+
+    asyncio.run(scenario())
 
 
 def test_a_failing_endpoint_leaves_the_cached_keys_verifying(
@@ -377,7 +442,7 @@ def test_the_readmes_provider_settings_work_as_pasted(
     assert settings["LEDGER_JWT_JWKS_URL"].startswith("https://")
     jwks.publish(keys["rsa"])
     # Only the provider's address is ours: the test's JWKS server stands in for it.
-    live = server_factory(**{**settings, **jwks_env(jwks)})
+    live = server_factory(**{**jwks_env(jwks), **settings, "LEDGER_JWT_JWKS_URL": jwks.url})
     with live.client() as client:
         therapist = provider_token(keys["rsa"], settings, "therapist", "dr-house")
         admin = provider_token(keys["rsa"], settings, "admin", "ada")

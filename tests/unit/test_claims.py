@@ -92,11 +92,17 @@ def test_jwks_mode_refuses_symmetric_configuration() -> None:
         Settings(jwt_jwks_url=url, jwt_algorithms="RS256,HS256")
     with pytest.raises(ValueError, match="none not allowed"):
         Settings(jwt_jwks_url=url, jwt_algorithms="none")
-    with pytest.raises(ValueError, match="http:// or https://"):
+    with pytest.raises(ValueError, match="expected the https:// URL"):
         Settings(jwt_jwks_url="file:///etc/passwd")
-    keys = load_keys(Settings(jwt_jwks_url=url, jwt_secret=""))
+    with pytest.raises(SetupError, match="needs LEDGER_JWT_ISSUER and LEDGER_JWT_AUDIENCE"):
+        load_keys(Settings(jwt_jwks_url=url, jwt_secret="", jwt_audience="ledger"))
+    with pytest.raises(ValueError, match="http only on loopback"):
+        Settings(jwt_jwks_url="http://sso.example/jwks")
+    Settings(jwt_jwks_url="http://127.0.0.1:8080/jwks")  # a provider on this machine
+    provider = Settings(jwt_jwks_url=url, jwt_secret="", jwt_issuer=url, jwt_audience="ledger")
+    keys = load_keys(provider)
     with pytest.raises(SetupError, match="identity provider issues the tokens"):
-        TokenVerifier(Settings(jwt_jwks_url=url), keys).mint(Role.ADMIN, "x", 60)
+        TokenVerifier(provider, keys).mint(Role.ADMIN, "x", 60)
 
 
 def test_only_asymmetric_signing_keys_with_a_kid_are_kept() -> None:
@@ -114,6 +120,7 @@ def test_only_asymmetric_signing_keys_with_a_kid_are_kept() -> None:
             {key: value for key, value in rsa_key.jwk().items() if key != "kid"},
             {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0c2VjcmV0c2VjcmV0"},
             {"kty": "RSA", "kid": "broken", "n": "!!", "e": "AQAB"},
+            {"kty": "RSA", "kid": "odd", "alg": ["RS256"], "n": "AQAB", "e": "AQAB"},
         ]
     }
     assert set(signing_keys(document, ["RS256", "ES256", "EdDSA"])) == {"r", "e", "d"}
