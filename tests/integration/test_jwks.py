@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from ledger.jwks import FETCH_TIMEOUT_SECONDS, KeySet
 from tests.integration.test_browser import CHROMIUM, FLAGS
@@ -149,6 +151,12 @@ def test_keys_rotate_without_a_restart(
         assert wait_until(lambda: status(live, old) == 401, timeout=10)
         assert "names no published key" in detail(live, old)
         assert "names no published key" in detail(live, keys["rsa"].token(claims(sub="x")))
+        # New connections too: a WebSocket with the remembered token is refused.
+        url = f"ws://127.0.0.1:{live.port}/api/sessions/{session_id}/status/ws"
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"{url}?access_token={old}", open_timeout=10).close()
+        assert refused.value.response.status_code == 401
+        connect(f"{url}?access_token={new}", open_timeout=10).close()  # the new key's: open
         assert status(live, new) == 200
         with live.client() as client:
             body = {"status": "queued", "progress": 5}
