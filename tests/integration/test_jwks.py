@@ -153,10 +153,14 @@ def test_keys_rotate_without_a_restart(
         assert "names no published key" in detail(live, keys["rsa"].token(claims(sub="x")))
         # New connections too: a WebSocket with the remembered token is refused.
         url = f"ws://127.0.0.1:{live.port}/api/sessions/{session_id}/status/ws"
-        with pytest.raises(InvalidStatus) as refused:
-            connect(f"{url}?access_token={old}", open_timeout=10).close()
+        with (
+            pytest.raises(InvalidStatus) as refused,
+            connect(f"{url}?access_token={old}", open_timeout=10),
+        ):
+            pass
         assert refused.value.response.status_code == 401
-        connect(f"{url}?access_token={new}", open_timeout=10).close()  # the new key's: open
+        with connect(f"{url}?access_token={new}", open_timeout=10) as ws:  # the new key's
+            assert json.loads(ws.recv(timeout=10)) == {"event": "heartbeat"}  # no event yet
         assert status(live, new) == 200
         with live.client() as client:
             body = {"status": "queued", "progress": 5}
