@@ -125,6 +125,11 @@ def root_nodes(size: int) -> list[Node]:
     return perfect_nodes(0, size)
 
 
+def frontier_levels(size: int) -> list[int]:
+    """The levels of the perfect subtrees that make up a tree of ``size``, largest first."""
+    return [level for level in range(size.bit_length() - 1, -1, -1) if size >> level & 1]
+
+
 def leaves_of(node: Node) -> Range:
     level, index = node
     return index << level, (index + 1) << level
@@ -164,22 +169,27 @@ class Frontier:
         ``from_level``, as ``append`` gives them (the tree's growth: no list per leaf)."""
         if len(leaves) % HASH_SIZE:
             raise ValueError(f"leaf hashes are {HASH_SIZE} bytes each, not {len(leaves)} in all")
+        # Level by level, a list at a time: at level l the new nodes start at index
+        # size >> l; when that is odd, the old frontier's subtree of that level is their
+        # left sibling. What stays unpaired at a level is the new frontier's node there.
+        old = self.size
+        frontier = dict(zip(frontier_levels(old), self.hashes, strict=True))
+        run = [leaves[offset : offset + HASH_SIZE] for offset in range(0, len(leaves), HASH_SIZE)]
         created: list[tuple[int, int, bytes]] = []
-        hashes = self.hashes
-        for offset in range(0, len(leaves), HASH_SIZE):
-            leaf = leaves[offset : offset + HASH_SIZE]
-            if from_level == 0:
-                created.append((0, self.size, leaf))
-            hashes.append(leaf)
-            level, index = 0, self.size
-            while index & 1:
-                right = hashes.pop()
-                merged = node_hash(hashes.pop(), right)
-                hashes.append(merged)
-                level, index = level + 1, index >> 1
-                if level >= from_level:
-                    created.append((level, index, merged))
-            self.size += 1
+        level, start = 0, old
+        while run:
+            if level >= from_level:
+                created.extend((level, start + i, node) for i, node in enumerate(run))
+            if start & 1:
+                run.insert(0, frontier.pop(level))
+                start -= 1
+            if len(run) & 1:
+                frontier[level] = run.pop()
+            sha = hashlib.sha256
+            run = [sha(b"\x01" + run[i] + run[i + 1]).digest() for i in range(0, len(run), 2)]
+            level, start = level + 1, start >> 1
+        self.size = old + len(leaves) // HASH_SIZE
+        self.hashes = [frontier[level] for level in frontier_levels(self.size)]
         return created
 
     def root(self) -> bytes:
