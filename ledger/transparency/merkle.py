@@ -162,11 +162,24 @@ class Frontier:
         """Add one leaf hash; the new perfect nodes ``(level, index, hash)``, leaf first."""
         if len(leaf) != HASH_SIZE:
             raise ValueError(f"a leaf hash is {HASH_SIZE} bytes, not {len(leaf)}")
-        return self.extend(leaf)
+        # A leaf at a time (the offline checks feed one per event): merge while the new
+        # leaf's index is odd, i.e. while it completes a perfect subtree.
+        created = [(0, self.size, leaf)]
+        self.hashes.append(leaf)
+        level, index = 0, self.size
+        while index & 1:
+            right = self.hashes.pop()
+            merged = node_hash(self.hashes.pop(), right)
+            self.hashes.append(merged)
+            level, index = level + 1, index >> 1
+            created.append((level, index, merged))
+        self.size += 1
+        return created
 
     def extend(self, leaves: bytes, from_level: int = 0) -> list[tuple[int, int, bytes]]:
         """Add the concatenated leaf hashes; the new perfect nodes of at least
-        ``from_level``, as ``append`` gives them (the tree's growth: no list per leaf)."""
+        ``from_level``, as ``append`` would give them one leaf at a time (the tree's growth:
+        a level at a time, no list per leaf)."""
         if len(leaves) % HASH_SIZE:
             raise ValueError(f"leaf hashes are {HASH_SIZE} bytes each, not {len(leaves)} in all")
         # Level by level, a list at a time: at level l the new nodes start at index

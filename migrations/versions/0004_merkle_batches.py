@@ -151,8 +151,7 @@ def downgrade() -> None:
     for (hashes,) in batches.all():
         low = [
             {"level": level, "index": index, "h": node}
-            for offset in range(0, len(hashes), HASH_SIZE)
-            for level, index, node in frontier.append(bytes(hashes[offset : offset + HASH_SIZE]))
+            for level, index, node in frontier.extend(bytes(hashes))
             if level < STRATUM
         ]
         conn.execute(

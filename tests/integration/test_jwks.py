@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -470,6 +471,9 @@ def test_the_readmes_provider_settings_work_as_pasted(
         assert client.get("/api/events", headers=theirs).status_code == 403
 
 
+@pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Chromium is not installed (.ci/run installs it)"
+)
 def test_the_readmes_browser_handoff_works_as_pasted(
     server_factory: Callable[..., LiveServer], jwks: JwksServer, keys: dict[str, SigningKey]
 ) -> None:
