@@ -25,7 +25,7 @@ from ledger.storage.migrations import upgrade
 
 def run(settings: Settings, *, quick: bool, output: Path) -> int:
     events = 100_000 if quick else 1_000_000
-    # Seeded as a ledger from before the tree, so that migrations 0003 and 0004
+    # Seeded as a ledger from before the tree, so that migrations 0003 to 0005
     # are timed building it.
     with bench_database(settings, revision="0002") as url:
         console.print(f"seeding {events:,} events …")

@@ -1,6 +1,6 @@
 """The Merkle tree's figures: building it, proving against it, and what it costs appends.
 
-* Building: migrations 0003 and 0004 over the seeded ledger (1,000,000 events in the full run).
+* Building: migrations 0003 to 0005 over the seeded ledger (1,000,000 events in the full run).
 * Proofs: inclusion and consistency at that size over HTTP, p99 of 500 each.
 * Appends with the tree growing in the background beside a server with it switched off
   (``LEDGER_CHECKPOINT_SECONDS=0``), one server at a time on a database of their own,
@@ -40,7 +40,7 @@ PROOFS = 500
 def build_figure(events: int, seconds: float) -> Figure:
     return Figure(
         scenario=f"Merkle tree over {events:,} existing events",
-        metric="build (migrations 0003 and 0004)",
+        metric="build (migrations 0003 to 0005)",
         value=round(seconds, 1),
         unit="s",
         target="< 60 s" if events >= 1_000_000 else None,

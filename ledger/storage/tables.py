@@ -75,7 +75,7 @@ events = Table(
     Column("hash", Text, nullable=False),
 )
 
-# The Merkle tree over the global order (migrations 0003 and 0004): the hash of every
+# The Merkle tree over the global order (migrations 0003 to 0005): the hash of every
 # perfect subtree of at least 2**STRATUM leaves, and the leaves themselves in the batches
 # they were grown in (which event each is, its leaf hash, and where the batch ends in the
 # global order); and the signed checkpoints.

@@ -1,16 +1,16 @@
 """The Merkle tree's tables: growing the tree behind the global order, reading proofs.
 
 Leaf ``i`` is the ``i``-th event of the commit-safe global order (:mod:`.global_order`),
-its input the event's 32-byte ``hash``. Growing has PostgreSQL store the next events
-after where the last batch ends as one batch row (their leaf hashes, their events'
-positions, where the batch ends in the global order), returning only the leaf hashes;
-those are appended to the frontier (the O(log n) perfect subtrees of the tree so far) and
-every new perfect node of at least ``2**STRATUM`` leaves is inserted, all in one
-transaction under an advisory lock, so one process at a time grows it and a crash leaves
-no half-grown tree. It never runs inside an append's transaction. A node below the
-stratum is computed from the (fewer than ``2**STRATUM``) leaf hashes under it when a proof
-needs it: one row per leaf and two per node cost more than everything else in growing the
-tree (docs/ARCHITECTURE.md).
+its input the event's 32-byte ``hash``. Growing reads the next events after where the
+last batch ends (their positions and hashes, packed by PostgreSQL into one value) and
+stores them as one batch row (their leaf hashes, their events' positions, where the batch
+ends in the global order); the leaf hashes are appended to the frontier (the O(log n)
+perfect subtrees of the tree so far) and every new perfect node of at least
+``2**STRATUM`` leaves is inserted, all in one transaction under an advisory lock, so one
+process at a time grows it and a crash leaves no half-grown tree. It never runs inside an
+append's transaction. A node below the stratum is computed from the (fewer than
+``2**STRATUM``) leaf hashes under it when a proof needs it: one row per leaf and two per
+node cost more than everything else in growing the tree (docs/ARCHITECTURE.md).
 
 The functions here take a synchronous SQLAlchemy ``Connection``: the migration that builds
 the tree for an existing ledger calls them directly, and the server through
@@ -19,24 +19,25 @@ the tree for an existing ledger calls them directly, and the server through
 
 from __future__ import annotations
 
+import hashlib
 import re
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     Connection,
-    Insert,
     LargeBinary,
+    Text,
     TextClause,
     cast,
     func,
-    insert,
-    literal,
+    literal_column,
     select,
     text,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -107,15 +108,24 @@ _LAST_BATCH = text(
     "SELECT first_leaf + leaf_count AS size, CAST(last_tx_id AS text) AS tx_id, last_position"
     " FROM merkle_batches ORDER BY first_leaf DESC LIMIT 1"
 )
-# The new nodes go as comma-separated text and one bytea of concatenated hashes: psycopg
+# One statement stores a batch and the nodes it completes: the transaction takes its
+# transaction ID (which holds back the global readers until it commits) only here, and a
+# round trip costs more than a tenth of growing a batch on these hosts (ARCHITECTURE).
+# The nodes go as comma-separated text and one bytea of concatenated hashes: psycopg
 # dumps a Python list as a text array element by element (with escaping), which cost more
 # than everything else in growing the tree (docs/ARCHITECTURE.md).
-_INSERT_NODES = text(
-    "INSERT INTO merkle_nodes (level, node_index, hash)"
+_STORE_BATCH = text(
+    "WITH batch AS (INSERT INTO merkle_batches"
+    " (first_leaf, leaf_count, leaf_hashes, positions, last_tx_id, last_position)"
+    " VALUES (:first_leaf, :leaf_count, :leaf_hashes,"
+    " CAST(string_to_array(:positions, ',') AS bigint[]), CAST(:last_tx_id AS xid8),"
+    " :last_position))"
+    " INSERT INTO merkle_nodes (level, node_index, hash)"
     " SELECT l, i, substring(CAST(:hashes AS bytea), CAST((o - 1) * 32 + 1 AS integer), 32)"
     " FROM unnest(CAST(string_to_array(:levels, ',') AS smallint[]),"
     " CAST(string_to_array(:indexes, ',') AS bigint[])) WITH ORDINALITY AS u(l, i, o)"
 )
+PACKED = struct.Struct(">q32s")  # an event's position and hash, as ``upcoming`` packs them
 
 
 def joined(values: Iterable[object]) -> str:
@@ -225,81 +235,128 @@ class Placement:
     is_event: bool
 
 
-def next_batch(size: int, after: tuple[str, int] | None, limit: int) -> Insert:
-    """The INSERT of the next ``limit`` events of the global order as one batch row, its
-    leaf hashes computed and its arrays built by PostgreSQL: none of the events' columns
-    travels to Python and back, only the new leaf hashes do (``RETURNING``)."""
-    tx_id, position = cast(literal("0"), Xid8), literal(0, BigInteger)
-    if after is not None:
-        tx_id, position = cast(literal(after[0]), Xid8), literal(after[1], BigInteger)
-    leaf = func.sha256(
-        cast(literal(b"\x00", LargeBinary), LargeBinary).op("||")(func.decode(events.c.hash, "hex"))
-    )
-    upcoming = (
-        select(events.c.position, events.c.tx_id, leaf.label("leaf"))
-        .where(*visible_after(tx_id, position))
-        .order_by(events.c.tx_id, events.c.position)
-        .limit(limit)
-        .subquery()
-    )
-    order = (upcoming.c.tx_id, upcoming.c.position)
-    batch = select(
-        func.count().label("leaf_count"),
-        func.string_agg(
-            upcoming.c.leaf, aggregate_order_by(cast(literal(b""), LargeBinary), *order)
-        ).label("leaf_hashes"),
-        func.array_agg(aggregate_order_by(upcoming.c.position, *order)).label("positions"),
-        func.array_agg(aggregate_order_by(upcoming.c.tx_id, *order)).label("tx_ids"),
-    ).subquery()
-    return (
-        insert(merkle_batches)
-        .from_select(
-            [c.name for c in merkle_batches.columns],
-            select(
-                literal(size, BigInteger),
-                batch.c.leaf_count,
-                batch.c.leaf_hashes,
-                batch.c.positions,
-                batch.c.tx_ids[batch.c.leaf_count],
-                batch.c.positions[batch.c.leaf_count],
-            ).where(batch.c.leaf_count > 0),
+def _upcoming() -> TextClause:
+    """Where the tree ends (its size and the last batch's end in the global order) and the
+    next ``:limit`` events of the global order after it, as one row: how many, each one's
+    position (8 bytes, big-endian) and hash (32 bytes) packed together in the global order
+    (one sort, one aggregate), and the last one's transaction (the greatest: the order is
+    by transaction first). Built once as SQL: SQLAlchemy keys its statement cache by
+    walking a construct on every execution, which cost a tenth of growing a batch."""
+    last = (
+        select(
+            (merkle_batches.c.first_leaf + merkle_batches.c.leaf_count).label("size"),
+            merkle_batches.c.last_tx_id,
+            merkle_batches.c.last_position,
         )
-        .returning(merkle_batches.c.leaf_hashes)
+        .order_by(merkle_batches.c.first_leaf.desc())
+        .limit(1)
+        .cte("last")
     )
+    end = (
+        func.coalesce(
+            select(last.c.last_tx_id).scalar_subquery(), cast(literal_column("'0'"), Xid8)
+        ),
+        func.coalesce(select(last.c.last_position).scalar_subquery(), literal_column("0")),
+    )
+    rows = (
+        select(events.c.tx_id, events.c.position, events.c.hash)
+        .where(*visible_after(*end))
+        .order_by(events.c.tx_id, events.c.position)
+        .limit(literal_column(":limit"))
+        .subquery("upcoming")
+    )
+    packed = func.int8send(rows.c.position).op("||")(func.decode(rows.c.hash, "hex"))
+    stmt = select(
+        func.coalesce(select(last.c.size).scalar_subquery(), literal_column("0")).label("size"),
+        cast(end[0], Text).label("end_tx_id"),
+        end[1].label("end_position"),
+        func.count().label("leaves"),
+        func.string_agg(
+            packed,
+            aggregate_order_by(
+                cast(literal_column("''"), LargeBinary), rows.c.tx_id, rows.c.position
+            ),
+        ).label("packed"),
+        cast(func.max(rows.c.tx_id), Text).label("last_tx_id"),
+    ).select_from(rows)
+    sql = stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})  # type: ignore[no-untyped-call]
+    return text(str(sql))
 
 
-def extend_tree(conn: Connection, limit: int = GROW_BATCH) -> int:
-    """Append the next ``limit`` (at most GROW_BATCH) events of the global order as leaves;
-    how many were added.
+_UPCOMING = _upcoming()
 
-    The caller holds :data:`TREE_LOCK` for the transaction.
-    """
-    # The cursor is where the last batch ends, not a lookup of its event: a deleted row
-    # must not stop the tree (the export then shows what is missing).
-    last = conn.execute(_LAST_BATCH).first()
-    size = 0 if last is None else int(last.size)
-    after = None if last is None else (str(last.tx_id), int(last.last_position))
-    leaves = conn.execute(next_batch(size, after, min(limit, GROW_BATCH))).scalar()
-    if leaves is None:
-        return 0
-    frontier = Frontier.at(size, read_nodes(conn, root_nodes(size)))
-    nodes = frontier.extend(bytes(leaves), STRATUM)
-    if nodes:
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """The next batch's leaves, ready to store."""
+
+    leaf_hashes: bytes
+    positions: list[int]
+    last_tx_id: str
+
+    @classmethod
+    def unpacked(cls, count: int, packed: bytes, last_tx_id: str) -> Batch:
+        if len(packed) != count * PACKED.size:
+            raise TreeDamaged("an event's hash is not 32 bytes: the events table was changed")
+        items = list(PACKED.iter_unpack(packed))
+        sha = hashlib.sha256  # RFC 9162's leaf hash, inline: a call per leaf costs a third
+        leaves = b"".join([sha(b"\x00" + digest).digest() for _, digest in items])
+        return cls(leaves, [position for position, _ in items], last_tx_id)
+
+
+class Growth:
+    """Grows the tree a batch at a time, keeping the frontier it computed for the next
+    batch: the tree of a size is fixed by the global order, so the frontier is read from
+    the stored nodes only when the tree's end is not where this one left it (another
+    process grew it, or the transaction that grew it rolled back)."""
+
+    def __init__(self) -> None:
+        self._frontier = Frontier()
+        self._end: tuple[str, int] = ("0", 0)
+
+    def extend(self, conn: Connection, limit: int = GROW_BATCH) -> int:
+        """Append the next ``limit`` (at most GROW_BATCH) events of the global order as
+        leaves; how many were added. The caller holds :data:`TREE_LOCK` for the
+        transaction."""
+        # The cursor is where the last batch ends, not a lookup of its event: a deleted
+        # row must not stop the tree (the export then shows what is missing).
+        row = conn.execute(_UPCOMING, {"limit": min(limit, GROW_BATCH)}).one()
+        if not row.leaves:
+            return 0
+        size, end = int(row.size), (str(row.end_tx_id), int(row.end_position))
+        batch = Batch.unpacked(int(row.leaves), bytes(row.packed), str(row.last_tx_id))
+        if (self._frontier.size, self._end) == (size, end):
+            frontier = Frontier(size, list(self._frontier.hashes))
+        else:
+            frontier = Frontier.at(size, read_nodes(conn, root_nodes(size)))
+        nodes = frontier.extend(batch.leaf_hashes, STRATUM)
         conn.execute(
-            _INSERT_NODES,
+            _STORE_BATCH,
             {
+                "first_leaf": size,
+                "leaf_count": len(batch.positions),
+                "leaf_hashes": batch.leaf_hashes,
+                "positions": joined(batch.positions),
+                "last_tx_id": batch.last_tx_id,
+                "last_position": batch.positions[-1],
                 "levels": joined(level for level, _, _ in nodes),
                 "indexes": joined(index for _, index, _ in nodes),
                 "hashes": b"".join(digest for _, _, digest in nodes),
             },
         )
-    return len(leaves) // HASH_SIZE
+        self._frontier, self._end = frontier, (batch.last_tx_id, batch.positions[-1])
+        return len(batch.positions)
+
+
+def extend_tree(conn: Connection, limit: int = GROW_BATCH) -> int:
+    """One batch of growth, the frontier read from the stored nodes."""
+    return Growth().extend(conn, limit)
 
 
 def build_tree(conn: Connection, progress: Callable[[int], Any] | None = None) -> int:
     """Grow the tree over everything committed (the migration of an existing ledger)."""
-    added = 0
-    while batch := extend_tree(conn, GROW_BATCH):
+    growth, added = Growth(), 0
+    while batch := growth.extend(conn, GROW_BATCH):
         added += batch
         if progress is not None and added % (20 * GROW_BATCH) < batch:
             progress(added)
@@ -311,13 +368,14 @@ class Tree:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self.growth = Growth()
 
     async def grow(self, limit: int = GROW_BATCH) -> int | None:
         """Add up to ``limit`` leaves; None when another process holds the lock."""
         async with self.engine.begin() as conn:
             if not await conn.run_sync(try_lock):
                 return None
-            return await conn.run_sync(extend_tree, limit)
+            return await conn.run_sync(self.growth.extend, limit)
 
 
 class Proofs:

@@ -89,7 +89,14 @@ def test_migrations_are_the_only_schema(db: psycopg.Connection[Any]) -> None:
         ).fetchall()
     }
     assert views == {"session_timeline", "stage_durations", "session_outcomes"}
-    assert db.execute("SELECT version_num FROM alembic_version").fetchone() == ("0004",)
+    assert db.execute("SELECT version_num FROM alembic_version").fetchone() == ("0005",)
+    # The batches' arrays are stored out of line uncompressed: a proof reads only its slice
+    # of the leaf hashes, and growth does not compress (migrations 0004 and 0005).
+    storage = db.execute(
+        "SELECT attname, attstorage FROM pg_attribute WHERE attrelid = 'merkle_batches'::regclass"
+        " AND attname IN ('leaf_hashes', 'positions') ORDER BY attname"
+    ).fetchall()
+    assert storage == [("leaf_hashes", "e"), ("positions", "e")]
 
 
 def test_migrations_go_down_and_up(databases: Any) -> None:
@@ -107,7 +114,7 @@ def test_migrations_go_down_and_up(databases: Any) -> None:
         command.downgrade(config, "base")
         command.upgrade(config, "head")
         with psycopg.connect(url) as conn:
-            assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0004",)
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0005",)
     finally:
         with databases.admin() as admin:
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

@@ -15,9 +15,9 @@ from ledger.database_url import sqlalchemy_url
 from ledger.storage.tree import (
     STRATUM,
     TREE_LOCK,
+    Growth,
     TreeDamaged,
     consistency_proof,
-    extend_tree,
     hashes_of,
     root_at,
     tree_size,
@@ -38,7 +38,7 @@ LEAVES = 300
 def grown(databases: DatabaseFactory) -> Iterator[tuple[Connection, list[bytes]]]:
     """A ledger of LEAVES events (inserted as a writer would, hashes made up), its tree
     grown in batches of 1 to 40 leaves: batch edges fall everywhere against the 16-leaf
-    stratum."""
+    stratum; some growth rolled back, the growers taking turns."""
     url = databases.create()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
@@ -60,13 +60,20 @@ def grown(databases: DatabaseFactory) -> Iterator[tuple[Connection, list[bytes]]
         ]
     engine = create_engine(sqlalchemy_url(url))
     batch = [1, 40, 7, 16, 3, 33, 15, 17, 2, 31]
+    # Two growers, as two processes would be: each keeps the frontier it computed, and
+    # must read it again when the other grew the tree or its own transaction rolled back.
+    growers = [Growth(), Growth()]
     with engine.connect() as conn:
         turn = 0
         while True:
-            with conn.begin():
+            grower = growers[(turn // 3) % 2]
+            with conn.begin() as transaction:
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({TREE_LOCK})")
-                if not extend_tree(conn, batch[turn % len(batch)]):
-                    break
+                added = grower.extend(conn, batch[turn % len(batch)])
+                if added and turn % 5 == 4:
+                    transaction.rollback()  # grown, then lost: the next turn grows it again
+            if not added:
+                break
             turn += 1
         yield conn, hashes
     engine.dispose()
