@@ -111,19 +111,30 @@ _LAST_BATCH = text(
 # One statement stores a batch and the nodes it completes: the transaction takes its
 # transaction ID (which holds back the global readers until it commits) only here, and a
 # round trip costs more than a tenth of growing a batch on these hosts (ARCHITECTURE).
-# The nodes go as comma-separated text and one bytea of concatenated hashes: psycopg
-# dumps a Python list as a text array element by element (with escaping), which cost more
-# than everything else in growing the tree (docs/ARCHITECTURE.md).
+# It stores nothing (and returns no row) unless the frontier the batch was grown from is
+# the stored one: every frontier node from the stratum up held, with the same hash, so a
+# node deleted or rewritten behind the server's back stops growth as when the frontier
+# was read from the tables. The lists go as comma-separated text and one bytea of
+# concatenated hashes: psycopg dumps a Python list as a text array element by element
+# (with escaping), which cost more than everything else in growing the tree.
 _STORE_BATCH = text(
-    "WITH batch AS (INSERT INTO merkle_batches"
+    "WITH frontier AS (SELECT count(*) AS held"
+    " FROM unnest(CAST(string_to_array(:frontier_levels, ',') AS smallint[]),"
+    " CAST(string_to_array(:frontier_indexes, ',') AS bigint[])) WITH ORDINALITY AS f(l, i, o)"
+    " JOIN merkle_nodes n ON n.level = f.l AND n.node_index = f.i AND n.hash ="
+    " substring(CAST(:frontier_hashes AS bytea), CAST((f.o - 1) * 32 + 1 AS integer), 32)),"
+    " batch AS (INSERT INTO merkle_batches"
     " (first_leaf, leaf_count, leaf_hashes, positions, last_tx_id, last_position)"
-    " VALUES (:first_leaf, :leaf_count, :leaf_hashes,"
-    " CAST(string_to_array(:positions, ',') AS bigint[]), CAST(:last_tx_id AS xid8),"
-    " :last_position))"
-    " INSERT INTO merkle_nodes (level, node_index, hash)"
+    " SELECT :first_leaf, :leaf_count, :leaf_hashes,"
+    " CAST(string_to_array(:positions, ',') AS bigint[]),"
+    " (SELECT tx_id FROM events WHERE position = :last_position), :last_position"
+    " FROM frontier WHERE held = :frontier_count RETURNING CAST(last_tx_id AS text) AS tx_id),"
+    " nodes AS (INSERT INTO merkle_nodes (level, node_index, hash)"
     " SELECT l, i, substring(CAST(:hashes AS bytea), CAST((o - 1) * 32 + 1 AS integer), 32)"
     " FROM unnest(CAST(string_to_array(:levels, ',') AS smallint[]),"
     " CAST(string_to_array(:indexes, ',') AS bigint[])) WITH ORDINALITY AS u(l, i, o)"
+    " WHERE EXISTS (SELECT 1 FROM batch))"
+    " SELECT tx_id FROM batch"
 )
 PACKED = struct.Struct(">q32s")  # an event's position and hash, as ``upcoming`` packs them
 
@@ -239,9 +250,9 @@ def _upcoming() -> TextClause:
     """Where the tree ends (its size and the last batch's end in the global order) and the
     next ``:limit`` events of the global order after it, as one row: how many, each one's
     position (8 bytes, big-endian) and hash (32 bytes) packed together in the global order
-    (one sort, one aggregate), and the last one's transaction (the greatest: the order is
-    by transaction first). Built once as SQL: SQLAlchemy keys its statement cache by
-    walking a construct on every execution, which cost a tenth of growing a batch."""
+    (one sort, one aggregate), and how many hashes are not 32 bytes. Built once as SQL
+    (its few constants rendered in): SQLAlchemy keys its statement cache by walking a
+    construct on every execution, which cost a tenth of growing a batch."""
     last = (
         select(
             (merkle_batches.c.first_leaf + merkle_batches.c.leaf_count).label("size"),
@@ -277,9 +288,12 @@ def _upcoming() -> TextClause:
                 cast(literal_column("''"), LargeBinary), rows.c.tx_id, rows.c.position
             ),
         ).label("packed"),
-        cast(func.max(rows.c.tx_id), Text).label("last_tx_id"),
+        func.count()
+        .filter(func.octet_length(func.decode(rows.c.hash, "hex")) != HASH_SIZE)
+        .label("malformed"),
     ).select_from(rows)
-    sql = stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})  # type: ignore[no-untyped-call]
+    dialect = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
+    sql = stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
     return text(str(sql))
 
 
@@ -292,23 +306,23 @@ class Batch:
 
     leaf_hashes: bytes
     positions: list[int]
-    last_tx_id: str
 
     @classmethod
-    def unpacked(cls, count: int, packed: bytes, last_tx_id: str) -> Batch:
-        if len(packed) != count * PACKED.size:
+    def unpacked(cls, count: int, packed: bytes, malformed: int) -> Batch:
+        if malformed or len(packed) != count * PACKED.size:
             raise TreeDamaged("an event's hash is not 32 bytes: the events table was changed")
         items = list(PACKED.iter_unpack(packed))
         sha = hashlib.sha256  # RFC 9162's leaf hash, inline: a call per leaf costs a third
         leaves = b"".join([sha(b"\x00" + digest).digest() for _, digest in items])
-        return cls(leaves, [position for position, _ in items], last_tx_id)
+        return cls(leaves, [position for position, _ in items])
 
 
 class Growth:
     """Grows the tree a batch at a time, keeping the frontier it computed for the next
     batch: the tree of a size is fixed by the global order, so the frontier is read from
     the stored nodes only when the tree's end is not where this one left it (another
-    process grew it, or the transaction that grew it rolled back)."""
+    process grew it, or the transaction that grew it rolled back); the batch is stored
+    only if the stored nodes still hold the frontier it was grown from."""
 
     def __init__(self) -> None:
         self._frontier = Frontier()
@@ -324,27 +338,40 @@ class Growth:
         if not row.leaves:
             return 0
         size, end = int(row.size), (str(row.end_tx_id), int(row.end_position))
-        batch = Batch.unpacked(int(row.leaves), bytes(row.packed), str(row.last_tx_id))
+        batch = Batch.unpacked(int(row.leaves), bytes(row.packed), int(row.malformed))
         if (self._frontier.size, self._end) == (size, end):
-            frontier = Frontier(size, list(self._frontier.hashes))
+            frontier = Frontier(size, self._frontier.hashes)
         else:
             frontier = Frontier.at(size, read_nodes(conn, root_nodes(size)))
+        held = [
+            (level, index, digest)
+            for (level, index), digest in zip(root_nodes(size), frontier.hashes, strict=True)
+            if level >= STRATUM
+        ]
         nodes = frontier.extend(batch.leaf_hashes, STRATUM)
-        conn.execute(
+        tx_id = conn.execute(
             _STORE_BATCH,
             {
+                "frontier_levels": joined(level for level, _, _ in held),
+                "frontier_indexes": joined(index for _, index, _ in held),
+                "frontier_hashes": b"".join(digest for _, _, digest in held),
+                "frontier_count": len(held),
                 "first_leaf": size,
                 "leaf_count": len(batch.positions),
                 "leaf_hashes": batch.leaf_hashes,
                 "positions": joined(batch.positions),
-                "last_tx_id": batch.last_tx_id,
                 "last_position": batch.positions[-1],
                 "levels": joined(level for level, _, _ in nodes),
                 "indexes": joined(index for _, index, _ in nodes),
                 "hashes": b"".join(digest for _, _, digest in nodes),
             },
-        )
-        self._frontier, self._end = frontier, (batch.last_tx_id, batch.positions[-1])
+        ).scalar()
+        if tx_id is None:
+            raise TreeDamaged(
+                f"the stored frontier of the tree of {size} leaves is not the one it was"
+                " grown from: a node was removed or rewritten"
+            )
+        self._frontier, self._end = frontier, (str(tx_id), batch.positions[-1])
         return len(batch.positions)
 
 

@@ -1,9 +1,9 @@
 """merkle batches: the events' positions stored uncompressed, like the leaf hashes
 
 PostgreSQL compressed each batch's ``positions`` (16 KB of bigints for 2,000 leaves) as it
-stored the row, a fifth of the tree's growth per event on the cores the appends use
+stored the row, a tenth of the tree's growth per event on the cores the appends use
 (docs/ARCHITECTURE.md); stored out of line uncompressed, a batch costs 16 KB of TOAST
-instead of about 5 KB. Rows already stored keep their form (PostgreSQL reads both).
+instead of 5-7 KB. Rows already stored keep their form (PostgreSQL reads both).
 
 Revision ID: 0005
 Revises: 0004

@@ -9,11 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks import nchan
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 
 
+# The subprocess's own bound, not the suite's 120 s: a slow host takes more than two minutes.
+@pytest.mark.timeout(300)
 def test_bench_quick_writes_a_report(pg_server_url: str, tmp_path: Path) -> None:
     output = tmp_path / "bench-results.json"
     env = {**os.environ, "LEDGER_DATABASE_URL": pg_server_url, "COLUMNS": "160"}
@@ -46,6 +50,7 @@ def test_bench_quick_writes_a_report(pg_server_url: str, tmp_path: Path) -> None
     assert "analytics over 100,000 events" in done.stdout
 
 
+@pytest.mark.timeout(300)
 def test_a_short_soak_counts_every_delivery_exactly(pg_server_url: str, tmp_path: Path) -> None:
     """``make soak`` in miniature: a worker killed halfway, nothing lost or doubled."""
     output = tmp_path / "soak.json"

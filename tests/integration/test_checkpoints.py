@@ -498,9 +498,8 @@ def test_a_damaged_tree_is_refused_loudly_and_the_server_keeps_serving(
     size = signed_all(live, db)
     as_superuser(db, "DELETE FROM merkle_nodes WHERE level = 4 AND node_index = 0")
     fill(live, sessions=1, events=1)
-    # Every round says so (the checkpointer lives on), and nothing is signed. (Growth goes
-    # on from the frontier this process computed; signing reads the stored nodes.)
-    assert wait_until(lambda: live.log().count("the tree lacks 1 of its nodes") >= 2)
+    # Every round says so (the checkpointer lives on), and nothing is signed.
+    assert wait_until(lambda: live.log().count("the stored tree cannot grow") >= 2)
     assert signed_size(live) == size
     with live.client(headers=auth("auditor")) as client:
         # Leaf 17's path has the lost node (leaves 0 to 15); leaf 2's is computed from the

@@ -34,18 +34,17 @@ from tests.support import DatabaseFactory
 LEAVES = 300
 
 
-@pytest.fixture(scope="module")
-def grown(databases: DatabaseFactory) -> Iterator[tuple[Connection, list[bytes]]]:
-    """A ledger of LEAVES events (inserted as a writer would, hashes made up), its tree
-    grown in batches of 1 to 40 leaves: batch edges fall everywhere against the 16-leaf
-    stratum; some growth rolled back, the growers taking turns."""
-    url = databases.create()
+def insert_events(url: str, count: int) -> list[bytes]:
+    """``count`` events (a multiple of 30) inserted as a writer would, hashes made up; their
+    hashes in global order."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO sessions (id, patient_id) SELECT md5(s::text)::uuid, 'p' || s"
-            " FROM generate_series(1, 30) AS s"
+            " FROM generate_series(1, 30) AS s ON CONFLICT DO NOTHING"
         )
-        for v in range(1, LEAVES // 30 + 1):
+        first = conn.execute("SELECT coalesce(max(version), 0) FROM events").fetchone()
+        assert first is not None
+        for v in range(first[0] + 1, first[0] + count // 30 + 1):
             conn.execute(
                 "INSERT INTO events (session_id, version, type, status, progress, actor,"
                 " recorded_at, prev_hash, hash) SELECT md5(s::text)::uuid, %(v)s, 'progress',"
@@ -54,10 +53,19 @@ def grown(databases: DatabaseFactory) -> Iterator[tuple[Connection, list[bytes]]
                 " FROM generate_series(1, 30) AS s",
                 {"v": v},
             )
-        hashes = [
+        return [
             bytes.fromhex(h)
             for (h,) in conn.execute("SELECT hash FROM events ORDER BY tx_id, position")
         ]
+
+
+@pytest.fixture(scope="module")
+def grown(databases: DatabaseFactory) -> Iterator[tuple[Connection, list[bytes]]]:
+    """A ledger of LEAVES events (inserted as a writer would, hashes made up), its tree
+    grown in batches of 1 to 40 leaves: batch edges fall everywhere against the 16-leaf
+    stratum; some growth rolled back, the growers taking turns."""
+    url = databases.create()
+    hashes = insert_events(url, LEAVES)
     engine = create_engine(sqlalchemy_url(url))
     batch = [1, 40, 7, 16, 3, 33, 15, 17, 2, 31]
     # Two growers, as two processes would be: each keeps the frontier it computed, and
@@ -114,3 +122,43 @@ def test_a_slice_beyond_the_tree_is_named_damaged(
     conn, _ = grown
     with pytest.raises(TreeDamaged, match="the tree lacks"):
         root_at(conn, LEAVES + 5)  # leaves 300 to 304 are in no batch
+
+
+@pytest.mark.parametrize(
+    "tampering",
+    [
+        "DELETE FROM merkle_nodes WHERE level = 4 AND node_index = 4",
+        "UPDATE merkle_nodes SET hash = sha256(hash) WHERE level = 4 AND node_index = 4",
+    ],
+)
+def test_a_grower_refuses_a_frontier_changed_behind_its_back(
+    databases: DatabaseFactory, tampering: str
+) -> None:
+    """A node of the frontier this grower kept (here (4, 4): leaves 64 to 79, in no
+    checkpoint's root yet) removed or rewritten: the next batch is refused, nothing stored,
+    and so it stays until someone looks (a later batch would merge the node away)."""
+    url = databases.create()
+    insert_events(url, 90)
+    engine = create_engine(sqlalchemy_url(url))
+    growth = Growth()
+    with engine.connect() as conn:
+        for _ in range(2):  # 64, then 90 leaves: 64 + 16 + 8 + 2, (4, 4) the 16
+            with conn.begin():
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({TREE_LOCK})")
+                growth.extend(conn, 64)
+        insert_events(url, 60)
+        with conn.begin():
+            assert tree_size(conn) == 90
+            conn.exec_driver_sql(
+                "ALTER TABLE merkle_nodes DISABLE TRIGGER merkle_nodes_append_only"
+            )
+            conn.exec_driver_sql(tampering)
+            conn.exec_driver_sql("ALTER TABLE merkle_nodes ENABLE TRIGGER merkle_nodes_append_only")
+        for _ in range(2):  # every round, not once
+            with conn.begin():
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({TREE_LOCK})")
+                with pytest.raises(TreeDamaged, match="not the one it was grown from"):
+                    growth.extend(conn, 64)
+        with conn.begin():
+            assert tree_size(conn) == 90
+    engine.dispose()
