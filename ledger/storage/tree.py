@@ -143,6 +143,15 @@ def joined(values: Iterable[object]) -> str:
     return ",".join(map(str, values))
 
 
+def node_params(nodes: list[tuple[int, int, bytes]], prefix: str = "") -> dict[str, object]:
+    """Nodes as the store statement takes them: levels, indexes, concatenated hashes."""
+    return {
+        f"{prefix}levels": joined(level for level, _, _ in nodes),
+        f"{prefix}indexes": joined(index for _, index, _ in nodes),
+        f"{prefix}hashes": b"".join(digest for _, _, digest in nodes),
+    }
+
+
 class TreeDamaged(LedgerError):
     """A node the tree must hold is missing: its tables were changed behind its back (a
     500 that says so: the stored data, not the request, is at fault)."""
@@ -352,18 +361,14 @@ class Growth:
         tx_id = conn.execute(
             _STORE_BATCH,
             {
-                "frontier_levels": joined(level for level, _, _ in held),
-                "frontier_indexes": joined(index for _, index, _ in held),
-                "frontier_hashes": b"".join(digest for _, _, digest in held),
+                **node_params(held, "frontier_"),
                 "frontier_count": len(held),
                 "first_leaf": size,
                 "leaf_count": len(batch.positions),
                 "leaf_hashes": batch.leaf_hashes,
                 "positions": joined(batch.positions),
                 "last_position": batch.positions[-1],
-                "levels": joined(level for level, _, _ in nodes),
-                "indexes": joined(index for _, index, _ in nodes),
-                "hashes": b"".join(digest for _, _, digest in nodes),
+                **node_params(nodes),
             },
         ).scalar()
         if tx_id is None:
@@ -373,11 +378,6 @@ class Growth:
             )
         self._frontier, self._end = frontier, (str(tx_id), batch.positions[-1])
         return len(batch.positions)
-
-
-def extend_tree(conn: Connection, limit: int = GROW_BATCH) -> int:
-    """One batch of growth, the frontier read from the stored nodes."""
-    return Growth().extend(conn, limit)
 
 
 def build_tree(conn: Connection, progress: Callable[[int], Any] | None = None) -> int:
