@@ -2,18 +2,20 @@
 
 Both are small wrappers over httpx that get the two hard parts right: a retried append
 never appends twice (every logical append carries one idempotency key across its
-retries), and a followed session is resumed after any disconnect exactly after the last
-event seen (``Last-Event-ID``).
+retries), and a followed session (or, with ``follow_all``, every session a reader may
+read, on one stream) is resumed after any disconnect exactly after the last event seen
+(``Last-Event-ID``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -200,7 +202,7 @@ async def follow(
     backoff: float = 0.2,
     max_backoff: float = 5.0,
     transport: httpx.AsyncBaseTransport | None = None,
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any]]:
     """Every event of a session, in order, each once, across any number of reconnects.
 
     Starts after ``last_event_id`` (``0`` for the whole history, ``None`` for the current
@@ -208,28 +210,87 @@ async def follow(
     Disconnects, server restarts and 5xx are retried with backoff; 4xx are raised. The
     token may be a callable, asked again at every reconnect (for short-lived tokens).
     """
-    delay = backoff_delays(backoff, max_backoff)
-    last = last_event_id
-    path = f"/api/sessions/{session_id}/status/stream"
+    messages = _resumed(
+        base_url,
+        f"/api/sessions/{session_id}/status/stream",
+        {},
+        token,
+        None if last_event_id is None else str(last_event_id),
+        backoff_delays(backoff, max_backoff),
+        transport,
+    )
+    async with contextlib.aclosing(messages) as events:
+        async for kind, _, data in events:
+            yield data
+            if kind in TERMINAL_EVENTS:
+                return
+
+
+async def follow_all(
+    base_url: str,
+    token: TokenSource,
+    *,
+    session_ids: Sequence[str | uuid.UUID] = (),
+    patient_ids: Sequence[str] = (),
+    last_event_id: str | None = None,
+    on_cursor: Callable[[str], None] | None = None,
+    backoff: float = 0.2,
+    max_backoff: float = 5.0,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> AsyncGenerator[dict[str, Any]]:
+    """Every event of every session the token may read (or of those sessions and patients'
+    sessions), on one stream, each once and in each session's order, across reconnects.
+
+    Runs until cancelled: a terminal event of one session does not end it. ``last_event_id``
+    is a cursor it handed out (``"0"`` for the whole history, ``None`` for from now);
+    ``on_cursor`` is told the cursor after each event, to keep for a later run.
+    """
+    params = [("session_id", str(s)) for s in session_ids]
+    params += [("patient_id", p) for p in patient_ids]
+    messages = _resumed(
+        base_url,
+        "/api/events/stream",
+        params,
+        token,
+        last_event_id,
+        backoff_delays(backoff, max_backoff),
+        transport,
+    )
+    async with contextlib.aclosing(messages) as events:
+        async for _, cursor, data in events:
+            yield data
+            if on_cursor is not None:
+                on_cursor(cursor)
+
+
+async def _resumed(
+    base_url: str,
+    path: str,
+    params: Any,
+    token: TokenSource,
+    last: str | None,
+    delay: Callable[[int], float],
+    transport: httpx.AsyncBaseTransport | None,
+) -> AsyncGenerator[tuple[str, str, dict[str, Any]]]:
+    """A stream's (event, id, data), resumed with ``Last-Event-ID`` after every failure;
+    ends when the server answers 204 (the client has seen the end)."""
     timeout = httpx.Timeout(10.0, read=None)
     async with httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport) as http:
         attempt = 0
         while True:
             headers = {"Authorization": f"Bearer {_token(token)}"}
             if last is not None:
-                headers["Last-Event-ID"] = str(last)
+                headers["Last-Event-ID"] = last
             asked = 0.0
             try:
-                async with http.stream("GET", path, headers=headers) as response:
+                async with http.stream("GET", path, headers=headers, params=params) as response:
                     if response.status_code == 204:
                         return
                     if response.status_code == 200:
                         attempt = 0
                         async for kind, event_id, data in _messages(response):
                             last = event_id
-                            yield data
-                            if kind in TERMINAL_EVENTS:
-                                return
+                            yield kind, event_id, data
                     elif response.status_code not in RETRYABLE_STATUS:
                         await response.aread()
                         raise LedgerClientError(response.status_code, _detail(response))
@@ -241,14 +302,14 @@ async def follow(
             attempt += 1
 
 
-async def _messages(response: httpx.Response) -> AsyncIterator[tuple[str, int, dict[str, Any]]]:
+async def _messages(response: httpx.Response) -> AsyncIterator[tuple[str, str, dict[str, Any]]]:
     """(event, id, data) for each complete SSE message that carries data."""
     kind, event_id = "message", None
     data: list[str] = []
     async for line in response.aiter_lines():
         if line == "":
             if data and event_id is not None:
-                yield kind, int(event_id), json.loads("\n".join(data))
+                yield kind, event_id, json.loads("\n".join(data))
             kind, event_id, data = "message", None, []
         elif line.startswith("data:"):
             data.append(line[5:].removeprefix(" "))

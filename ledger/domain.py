@@ -360,3 +360,19 @@ def verify_chain(events: Sequence[Event]) -> ChainBreak | None:
         if verifier.feed(event) is not None:
             break
     return verifier.broken
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scope:
+    """The sessions a scoped stream follows.
+
+    The sessions named, and every session (present or future) of the patients named; with
+    ``assigned``, also every session of the patients ``therapist`` is assigned to. With a
+    ``therapist``, all of it only while the therapist is assigned to the session's patient:
+    the table decides, at every read.
+    """
+
+    sessions: frozenset[UUID] = frozenset()
+    patients: frozenset[str] = frozenset()
+    therapist: str | None = None
+    assigned: bool = False

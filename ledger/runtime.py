@@ -27,6 +27,7 @@ from ledger.storage.global_order import GlobalOrder
 from ledger.storage.history import History
 from ledger.storage.pool import create_pool
 from ledger.storage.reporting import Reporting
+from ledger.storage.scoped import ScopedReads
 from ledger.storage.sessions import Sessions
 from ledger.storage.tree import Proofs
 from ledger.transparency.note import Verifier
@@ -47,6 +48,7 @@ class Runtime:
     care: CareAssignments
     appender: Appender
     history: History
+    scoped: ScopedReads
     global_order: GlobalOrder
     reporting: Reporting
     quotas: Quotas
@@ -87,7 +89,8 @@ async def running(settings: Settings, url: str | None = None) -> AsyncIterator[R
         stack.push_async_callback(engine.dispose)
         history = History(pool)
         care = CareAssignments(engine)
-        hub = Hub(history, care, queue_size=settings.subscriber_queue_size)
+        scoped = ScopedReads(pool)
+        hub = Hub(history, care, queue_size=settings.subscriber_queue_size, scoped=scoped)
         stack.push_async_callback(hub.stop)
         listener = Listener(url, hub, probe_seconds=settings.listener_probe_seconds)
         stack.push_async_callback(listener.stop)  # stopped first: nothing reports any more
@@ -128,6 +131,7 @@ async def running(settings: Settings, url: str | None = None) -> AsyncIterator[R
             care=care,
             appender=Appender(pool),
             history=history,
+            scoped=scoped,
             global_order=GlobalOrder(engine),
             reporting=Reporting(engine),
             quotas=Quotas(

@@ -30,11 +30,15 @@ def dumps(value: Any) -> str:
 
 
 class Encoded:
-    __slots__ = ("_global_sse", "_session_sse", "_ws", "event", "json")
+    __slots__ = ("_global_sse", "_session_sse", "_ws", "event", "json", "patient_id", "tx")
 
-    def __init__(self, event: Event) -> None:
+    def __init__(self, event: Event, tx: int = 0, patient_id: str | None = None) -> None:
         self.event = event
         self.json = dumps(event.to_json())
+        # Where the hub read it for scoped streams: its transaction (its place in the
+        # global order) and its session's patient (how streams that follow one find it).
+        self.tx = tx
+        self.patient_id = patient_id
         self._session_sse: bytes | None = None
         self._global_sse: bytes | None = None
         self._ws: str | None = None
@@ -56,23 +60,35 @@ class Encoded:
             self._ws = ws_message(self.event.type.value, self.event.version, self.json)
         return self._ws
 
+    def scoped_sse(self, cursor: str) -> bytes:
+        """A scoped stream's frame: ``id`` is that stream's own cursor, so never shared."""
+        return sse_frame(self.event.type.value, cursor, self.json)
 
-def sse_frame(event: str, id: int, data_json: str) -> bytes:
+    def scoped_ws(self, cursor: str) -> str:
+        return ws_message(self.event.type.value, cursor, self.json)
+
+    def global_ws(self) -> str:
+        return ws_message(self.event.type.value, self.event.position, self.json)
+
+
+def sse_frame(event: str, id: int | str, data_json: str) -> bytes:
     """An event frame, as ``fastapi.sse.format_sse_event`` writes it (event, data, id),
     built directly: compact JSON never holds a raw line break, so there are no lines to
     split, and this runs once per event of every replay (the tests hold the two equal)."""
     return f"event: {event}\ndata: {data_json}\nid: {id}\n\n".encode()
 
 
-def sse_retry(retry_ms: int, id: int | None = None) -> bytes:
+def sse_retry(retry_ms: int, id: int | str | None = None) -> bytes:
     """The opening message; with an ``id`` it also gives EventSource a cursor at once
     (``format_sse_event``'s order: id, then retry)."""
     cursor = "" if id is None else f"id: {id}\n"
     return f"{cursor}retry: {retry_ms}\n\n".encode()
 
 
-def ws_message(event: str, id: int, data_json: str) -> str:
-    return f'{{"id":{id},"event":{json.dumps(event)},"data":{data_json}}}'
+def ws_message(event: str, id: int | str, data_json: str) -> str:
+    """``id`` a number (a version or position) or a scoped cursor (a JSON string)."""
+    id_json = id if isinstance(id, int) else json.dumps(id)
+    return f'{{"id":{id_json},"event":{json.dumps(event)},"data":{data_json}}}'
 
 
 def state_json(session_id: UUID, head: Event | None) -> str:

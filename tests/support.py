@@ -190,7 +190,7 @@ def stream(
     role: str = "admin",
     sub: str = "reader",
     headers: dict[str, str] | None = None,
-    params: dict[str, str] | None = None,
+    params: httpx.QueryParams | dict[str, Any] | None = None,
     read_timeout: float = 15.0,
 ) -> Iterator[httpx.Response]:
     """Open an SSE response as a reader with the given role."""

@@ -45,8 +45,12 @@ def events_response(
     )
 
 
-def page_response(events: Sequence[Event], next_after: int | None) -> JSONResponse:
+def page_response(
+    events: Sequence[Event], next_after: int | str | None, *, cursor: str | None = None
+) -> JSONResponse:
     body: dict[str, Any] = {"events": [e.to_json() for e in events], "next_after": next_after}
+    if cursor is not None:
+        body["cursor"] = cursor
     return EventsJSON(body)
 
 

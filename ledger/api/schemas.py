@@ -187,7 +187,12 @@ class SessionListOut(BaseModel):
 
 class PageOut(BaseModel):
     events: list[EventOut]
-    next_after: int | None
+    # A position (a session's or the global order's), or a scoped page's cursor.
+    next_after: int | str | None
+    cursor: str | None = Field(
+        default=None,
+        description="Scoped pages: where this page ends, for the next page or the stream.",
+    )
 
 
 class ErrorOut(BaseModel):

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from starlette.background import BackgroundTask
 from starlette.responses import Response
@@ -21,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from ledger import metrics
 from ledger.live.feeds import Item, Kind
-from ledger.live.subscription import Subscription
+from ledger.live.subscription import Mailbox
 from ledger.logs import Throttled
 from ledger.wire import HEARTBEAT, Encoded, sse_frame, sse_retry
 
@@ -42,6 +43,13 @@ def sse_bytes(item: Item, framing: Callable[[Encoded], bytes]) -> bytes:
     if item.kind is Kind.RESET:
         assert item.reset_json is not None
         return sse_frame("reset", item.reset_id, item.reset_json)
+    if item.cursors:
+        return b"".join(
+            [
+                encoded.scoped_sse(cursor)
+                for encoded, cursor in zip(item.events, item.cursors, strict=True)
+            ]
+        )
     if len(item.events) == 1:
         return framing(item.events[0])
     return b"".join([framing(encoded) for encoded in item.events])
@@ -53,12 +61,12 @@ class FeedResponse(Response):
     def __init__(
         self,
         items: AsyncIterator[Item],
-        sub: Subscription,
+        sub: Mailbox[Any],
         *,
         framing: Callable[[Encoded], bytes],
         retry_ms: int,
         on_close: Callable[[], None],
-        initial_id: int | None = None,
+        initial_id: int | str | None = None,
     ) -> None:
         # Like StreamingResponse: no body attribute, so no Content-Length header.
         self.status_code = 200

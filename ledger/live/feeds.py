@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 from uuid import UUID
 
 from ledger import metrics
@@ -22,7 +23,7 @@ from ledger.domain import CarePair
 from ledger.errors import BadRequest
 from ledger.live.hub import Hub
 from ledger.live.sources import GlobalEvents, SessionEvents
-from ledger.live.subscription import Subscription
+from ledger.live.subscription import Mailbox, Subscription
 from ledger.wire import Encoded, state_json
 
 HELD_BACK_RETRY_SECONDS = 0.25
@@ -41,9 +42,11 @@ class Item:
     # For events: one from the hub, or a page from the table, in order (a page goes out in
     # one write).
     events: tuple[Encoded, ...] = ()
+    # For a scoped stream's events: each one's id, that stream's cursor after it.
+    cursors: tuple[str, ...] = ()
     # For a reset: the current state as JSON and its version.
     reset_json: str | None = None
-    reset_id: int = 0
+    reset_id: int | str = 0
     # Handed over by the hub as it happened (not replayed from the table): its delivery
     # lag is a meaningful measurement.
     live: bool = False
@@ -92,9 +95,9 @@ class Clock:
 
 
 class _Feed:
-    """What both feeds share: a subscription, a clock, and how they rest between sends."""
+    """What the feeds share: a subscription, a clock, and how they rest between sends."""
 
-    sub: Subscription
+    sub: Mailbox[Any]
     clock: Clock
 
     def _open(self) -> bool:

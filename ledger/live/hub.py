@@ -6,6 +6,11 @@ events once, encodes them once, and offers the same bytes to every local subscri
 session. Anything that might have lost a notification (a listener reconnect, a failed read,
 a full queue, an unreadable payload) turns into "catch up from the table" for the
 subscribers concerned. Idle subscribers cost no queries at all.
+
+Scoped streams (many sessions on one connection) are found by session and by patient
+(:mod:`ledger.live.routing`); while any is open and events are being appended, the hub
+also sends a commit-safe mark once a second and hands each mark to them after everything
+announced before it, which is what lets their cursors stay short.
 """
 
 from __future__ import annotations
@@ -14,30 +19,47 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
+from typing import Any
 from uuid import UUID
 
 from ledger import metrics
-from ledger.domain import CarePair, VersionRange
+from ledger.domain import CarePair, Scope, VersionRange
 from ledger.errors import Unavailable
-from ledger.live.sources import Assignments, SessionEvents
-from ledger.live.subscription import Subscription
+from ledger.live.routing import ScopedRoutes
+from ledger.live.sources import Assignments, ScopedEvents, SessionEvents
+from ledger.live.subscription import Mailbox, ScopedSubscription, Subscription
 from ledger.storage.database import DATABASE_ERRORS
-from ledger.storage.notifications import Unreadable
+from ledger.storage.notifications import AccessChange, Mark, Unreadable
 from ledger.wire import Encoded
 
 log = logging.getLogger(__name__)
 
+# How often a mark is sent while scoped streams are open and events are appended: the
+# longest a session stays in a scoped cursor's list once its transaction has ended.
+MARK_SECONDS = 1.0
+
 
 class Hub:
-    def __init__(self, events: SessionEvents, care: Assignments, *, queue_size: int) -> None:
+    def __init__(
+        self,
+        events: SessionEvents,
+        care: Assignments,
+        *,
+        queue_size: int,
+        scoped: ScopedEvents | None = None,
+    ) -> None:
         self.events = events
         self.care = care
+        self.scoped = scoped
         self.queue_size = queue_size
         self._sessions: dict[UUID, set[Subscription]] = {}
         self._global: set[Subscription] = set()
+        self.routes = ScopedRoutes()
         self._pending: dict[UUID, tuple[int, int]] = {}
+        self._mark: Mark | None = None
         self._dispatching: asyncio.Task[None] | None = None
         self._revalidating: asyncio.Task[None] | None = None
+        self._marking: asyncio.Task[None] | None = None
         self._closing = False
         # Counts what the listener reported (notifications, reconnects): who works only
         # when something was committed (the checkpointer) looks here first.
@@ -73,6 +95,27 @@ class Hub:
                     if not subs:
                         del self._sessions[session_id]
 
+    @contextlib.contextmanager
+    def subscribe_scoped(
+        self, scope: Scope, *, relied: frozenset[str] = frozenset()
+    ) -> Iterator[ScopedSubscription]:
+        """Register a scoped stream (by its sessions and patients) before it reads."""
+        if self._closing:
+            raise Unavailable("the server is shutting down: reconnect to resume")
+        sub = ScopedSubscription(scope, self.queue_size, relied=relied)
+        self.routes.add(sub)
+        if self.scoped is not None and (self._marking is None or self._marking.done()):
+            self._marking = asyncio.create_task(self._mark_while_needed(), name="ledger-marks")
+        try:
+            yield sub
+        finally:
+            sub.close()
+            self.routes.discard(sub)
+
+    def follow(self, sub: ScopedSubscription, patients: set[str]) -> None:
+        """A scoped stream follows exactly these patients' sessions from now on."""
+        self.routes.follow(sub, patients)
+
     def close_all(self) -> None:
         """On shutdown: every stream ends cleanly and its client resumes elsewhere."""
         self._closing = True
@@ -81,14 +124,15 @@ class Hub:
 
     async def stop(self) -> None:
         self.close_all()
-        for task in (self._dispatching, self._revalidating):
+        for task in (self._dispatching, self._revalidating, self._marking):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    def _everyone(self) -> Iterator[Subscription]:
+    def _everyone(self) -> Iterator[Mailbox[Any]]:
         yield from list(self._global)
+        yield from list(self.routes.streams)
         yield from self._session_subscribers()
 
     def _session_subscribers(self) -> Iterator[Subscription]:
@@ -120,27 +164,64 @@ class Hub:
                 log.warning("unreadable notification %r: every subscriber catches up", entry.line)
                 self._everyone_catches_up()
                 continue
-            if entry.session_id not in self._sessions:
+            if entry.session_id not in self._sessions and not self.routes.wants(entry.session_id):
                 continue
             first, last = entry.first, entry.last
             known = self._pending.get(entry.session_id)
             if known is not None:
                 first, last = min(first, known[0]), max(last, known[1])
             self._pending[entry.session_id] = (first, last)
-        if self._pending and (self._dispatching is None or self._dispatching.done()):
+        if self._pending:
+            self._start_dispatch()
+
+    def marked(self, mark: Mark) -> None:
+        """A commit-safe mark: handed to the scoped streams after what came before it."""
+        if self.routes.streams:
+            self._mark = mark
+            self._start_dispatch()
+
+    def _start_dispatch(self) -> None:
+        if self._dispatching is None or self._dispatching.done():
             self._dispatching = asyncio.create_task(self._dispatch(), name="ledger-dispatch")
 
+    def access_changed(self, change: AccessChange) -> None:
+        if change.added:
+            self.added(change.pair)
+        else:
+            self.removed(change.pair)
+
     def removed(self, pair: CarePair) -> None:
-        """A care assignment was removed: its therapist's open streams end now."""
+        """A care assignment was removed: its therapist's open streams that rest on it end
+        now; scoped streams that only followed the patient as one of many stop following."""
         for sub in self._session_subscribers():
             if sub.access == pair:
                 sub.revoke()
+        for scoped in list(self.routes.streams):
+            if scoped.scope.therapist != pair.therapist_id:
+                continue
+            if pair.patient_id in scoped.relied:
+                scoped.revoke()
+            elif pair.patient_id in scoped.patients:
+                self.routes.follow(scoped, scoped.patients - {pair.patient_id})
+                scoped.catch_up()  # what is queued of that patient is not delivered
+
+    def added(self, pair: CarePair) -> None:
+        """A care assignment was added: the therapist's streams that follow all their
+        patients follow this one too, from their cursor on."""
+        for scoped in list(self.routes.streams):
+            if scoped.scope.assigned and scoped.scope.therapist == pair.therapist_id:
+                self.routes.follow(scoped, scoped.patients | {pair.patient_id})
+                scoped.catch_up()
 
     # -- background work ----------------------------------------------------------------
 
     async def _revalidate_access(self) -> None:
         """After a listener gap, a removal may have gone unheard: ask the table."""
         pairs = {sub.access for sub in self._session_subscribers() if sub.access is not None}
+        for scoped in self.routes.streams:
+            if scoped.scope.therapist is not None:
+                therapist = scoped.scope.therapist
+                pairs.update(CarePair(therapist_id=therapist, patient_id=p) for p in scoped.relied)
         if not pairs:
             return
         try:
@@ -152,20 +233,24 @@ class Hub:
             self.removed(pair)
 
     async def _dispatch(self) -> None:
-        """Read what notifications announced, for all notified sessions in one query."""
-        while self._pending:
+        """Read what notifications announced, for all notified sessions in one query; then
+        hand the scoped streams the mark that came after it, if one did."""
+        while self._pending or self._mark is not None:
             wanted, self._pending = self._pending, {}
+            mark, self._mark = self._mark, None
             ranges = [
                 VersionRange(session_id=sid, first=first, last=last)
                 for sid, (first, last) in wanted.items()
-                if sid in self._sessions
+                if sid in self._sessions or self.routes.wants(sid)
             ]
             try:
-                found = await self.events.ranges(ranges)
-                for event in found:
-                    encoded = Encoded(event)
-                    for sub in self._sessions.get(event.session_id, ()):
-                        sub.offer(encoded)
+                if self.routes.streams and self.scoped is not None:
+                    await self._fan_out_routed(ranges)
+                else:
+                    for event in await self.events.ranges(ranges):
+                        encoded = Encoded(event)
+                        for sub in self._sessions.get(event.session_id, ()):
+                            sub.offer(encoded)
             except Exception as exc:
                 # Whatever this batch held is still in the table: its readers go there. A
                 # lost database (a restart, a failover) is expected, not a bug: one line.
@@ -176,3 +261,34 @@ class Hub:
                 for wanted_range in ranges:
                     for sub in self._sessions.get(wanted_range.session_id, ()):
                         sub.catch_up()
+                for scoped in list(self.routes.streams):
+                    scoped.catch_up()
+                continue
+            if mark is not None:
+                for scoped in list(self.routes.streams):
+                    scoped.offer(mark)
+
+    async def _fan_out_routed(self, ranges: list[VersionRange]) -> None:
+        assert self.scoped is not None
+        for placed in await self.scoped.ranges(ranges):
+            event = placed.event
+            encoded = Encoded(event, placed.tx, placed.patient_id)
+            for sub in self._sessions.get(event.session_id, ()):
+                sub.offer(encoded)
+            for scoped in self.routes.targets(event.session_id, placed.patient_id or ""):
+                scoped.offer(encoded)
+
+    async def _mark_while_needed(self) -> None:
+        """While scoped streams are open: a mark each second in which events were announced
+        (none while nothing is appended, so idle streams cost no statements)."""
+        assert self.scoped is not None
+        sent_for = self.activity
+        while self.routes.streams:
+            await asyncio.sleep(MARK_SECONDS)
+            if self.activity == sent_for:
+                continue
+            sent_for = self.activity
+            try:
+                await self.scoped.mark()
+            except Exception as exc:
+                log.warning("could not send a commit-safe mark: %s", exc)

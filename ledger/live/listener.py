@@ -15,7 +15,14 @@ import psycopg
 
 from ledger import metrics
 from ledger.live.hub import Hub
-from ledger.storage.notifications import ACCESS_CHANNEL, EVENTS_CHANNEL, read_events, read_removal
+from ledger.storage.notifications import (
+    ACCESS_CHANNEL,
+    EVENTS_CHANNEL,
+    MARKS_CHANNEL,
+    read_access,
+    read_events,
+    read_mark,
+)
 from ledger.storage.pool import CONNECTION_OPTIONS
 
 log = logging.getLogger(__name__)
@@ -64,6 +71,7 @@ class Listener:
                 ) as conn:
                     await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
                     await conn.execute(f"LISTEN {ACCESS_CHANNEL}")
+                    await conn.execute(f"LISTEN {MARKS_CHANNEL}")
                     self._listening.set()
                     metrics.LISTENER_UP.set(1)
                     metrics.LISTENER_RECONNECTS.inc()
@@ -86,9 +94,13 @@ class Listener:
             async for notify in conn.notifies(timeout=self.probe_seconds):
                 received += 1
                 if notify.channel == ACCESS_CHANNEL:
-                    pair = read_removal(notify.payload)
-                    if pair is not None:
-                        self.hub.removed(pair)
+                    change = read_access(notify.payload)
+                    if change is not None:
+                        self.hub.access_changed(change)
+                elif notify.channel == MARKS_CHANNEL:
+                    mark = read_mark(notify.payload)
+                    if mark is not None:
+                        self.hub.marked(mark)
                 else:
                     self.hub.announced(read_events(notify.payload))
             if received == 0:

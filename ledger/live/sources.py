@@ -6,13 +6,15 @@ in-memory ledger instead.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Collection, Sequence
+from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 from uuid import UUID
 
-from ledger.domain import CarePair, Event, VersionRange
+from ledger.cursor import CursorIds, Point
+from ledger.domain import CarePair, Event, Scope, VersionRange
 from ledger.storage.global_order import GlobalPage
+from ledger.storage.scoped import Placed, Resolved, ScopeRead
 
 
 class SessionEvents(Protocol):
@@ -48,3 +50,23 @@ class Assignments(Protocol):
     """Care assignments (:class:`ledger.storage.care.CareAssignments`)."""
 
     async def still_assigned(self, pairs: Collection[CarePair]) -> set[CarePair]: ...
+
+
+class ScopedEvents(Protocol):
+    """What scoped streams read (:class:`ledger.storage.scoped.ScopedReads`)."""
+
+    async def ranges(self, wanted: Sequence[VersionRange]) -> list[Placed]: ...
+
+    async def mark(self) -> None: ...
+
+    async def states(
+        self, scope: Scope, safe: Point = ..., known: Mapping[UUID, int] | None = ...
+    ) -> ScopeRead: ...
+
+    async def page(
+        self, wanted: Mapping[UUID, int], limit: int, *, below: int = ...
+    ) -> list[Placed]: ...
+
+    async def resolve(self, ids: CursorIds) -> Resolved: ...
+
+    async def patients_of(self, therapist_id: str) -> set[str]: ...

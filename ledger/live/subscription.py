@@ -4,44 +4,35 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Generic, TypeVar
 from uuid import UUID
 
 from ledger import metrics
-from ledger.domain import CarePair
+from ledger.domain import CarePair, Scope
+from ledger.storage.notifications import Mark
 from ledger.wire import Encoded
 
+FrameT = TypeVar("FrameT")
 
-class Subscription:
-    """A bounded queue of encoded events and a wake-up flag.
+
+class Mailbox(Generic[FrameT]):
+    """A bounded queue of frames and a wake-up flag.
 
     ``needs_catchup`` tells the stream that the queue may be incomplete and that it must
-    read from the table after its last delivered version before trusting the queue again.
+    read from the table after what it last delivered before trusting the queue again.
     """
 
-    __slots__ = (
-        "access",
-        "closed",
-        "frames",
-        "limit",
-        "needs_catchup",
-        "revoked",
-        "session_id",
-        "wake",
-    )
+    __slots__ = ("closed", "frames", "limit", "needs_catchup", "revoked", "wake")
 
-    def __init__(self, session_id: UUID | None, limit: int, access: CarePair | None = None) -> None:
-        self.session_id = session_id
+    def __init__(self, limit: int) -> None:
         self.limit = limit
-        # The care assignment the reader's access rests on, if any: removing it ends the
-        # stream.
-        self.access = access
-        self.frames: deque[Encoded] = deque()
+        self.frames: deque[FrameT] = deque()
         self.wake = asyncio.Event()
         self.needs_catchup = False
         self.closed = False
         self.revoked = False
 
-    def offer(self, encoded: Encoded) -> None:
+    def offer(self, frame: FrameT) -> None:
         if self.closed or self.needs_catchup:
             self.wake.set()
             return
@@ -49,7 +40,7 @@ class Subscription:
             metrics.QUEUE_OVERFLOWS.inc()
             self.catch_up()
             return
-        self.frames.append(encoded)
+        self.frames.append(frame)
         self.wake.set()
 
     def catch_up(self) -> None:
@@ -65,3 +56,33 @@ class Subscription:
     def revoke(self) -> None:
         self.revoked = True
         self.close()
+
+
+class Subscription(Mailbox[Encoded]):
+    """A session stream's (or, with ``session_id`` None, the global stream's) mailbox."""
+
+    __slots__ = ("access", "session_id")
+
+    def __init__(self, session_id: UUID | None, limit: int, access: CarePair | None = None) -> None:
+        super().__init__(limit)
+        self.session_id = session_id
+        # The care assignment the reader's access rests on, if any: removing it ends the
+        # stream.
+        self.access = access
+
+
+class ScopedSubscription(Mailbox[Encoded | Mark]):
+    """A scoped stream's mailbox: the events of its sessions and patients, and the marks.
+
+    ``patients`` are the patients whose sessions the hub routes here (those named, or the
+    therapist's assigned ones); ``relied`` the patients whose assignment the stream's
+    filters rest on: removing one of those ends the stream, removing another narrows it.
+    """
+
+    __slots__ = ("patients", "relied", "scope")
+
+    def __init__(self, scope: Scope, limit: int, *, relied: frozenset[str] = frozenset()) -> None:
+        super().__init__(limit)
+        self.scope = scope
+        self.patients: set[str] = set(scope.patients)
+        self.relied = relied

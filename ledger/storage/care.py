@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import ColumnElement
 
 from ledger.domain import CarePair
-from ledger.storage.notifications import ACCESS_CHANNEL, announce_removal
+from ledger.storage.notifications import ACCESS_CHANNEL, announce_addition, announce_removal
 from ledger.storage.tables import care_assignments
 
 
@@ -31,7 +31,9 @@ class CareAssignments:
             return (await conn.execute(stmt)).first() is not None
 
     async def add(self, pair: CarePair) -> bool:
-        """Returns whether the assignment is new."""
+        """Add an assignment and, when it is new, announce it in the same transaction (the
+        therapist's open scoped streams start following the patient). Returns whether it
+        is new."""
         stmt = (
             pg_insert(care_assignments)
             .values(
@@ -43,7 +45,10 @@ class CareAssignments:
             .returning(care_assignments.c.therapist_id)
         )
         async with self.engine.begin() as conn:
-            return (await conn.execute(stmt)).first() is not None
+            added = (await conn.execute(stmt)).first() is not None
+            if added:
+                await conn.execute(select(func.pg_notify(ACCESS_CHANNEL, announce_addition(pair))))
+        return added
 
     async def remove(self, pair: CarePair) -> bool:
         """Remove an assignment and announce it in the same transaction (streams end)."""
@@ -54,6 +59,13 @@ class CareAssignments:
             removed = (await conn.execute(stmt)).first() is not None
             await conn.execute(select(func.pg_notify(ACCESS_CHANNEL, announce_removal(pair))))
         return removed
+
+    async def patients_of(self, therapist_id: str) -> set[str]:
+        stmt = select(care_assignments.c.patient_id).where(
+            care_assignments.c.therapist_id == therapist_id
+        )
+        async with self.engine.connect() as conn:
+            return {row.patient_id for row in await conn.execute(stmt)}
 
     async def still_assigned(self, pairs: Collection[CarePair]) -> set[CarePair]:
         """Which of these assignments still exist."""

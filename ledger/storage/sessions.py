@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -56,6 +57,16 @@ class Sessions:
         if row is None:
             raise NotFound(f"session {session_id} not found")
         return SessionRecord(id=row.id, patient_id=row.patient_id, created_at=row.created_at)
+
+    async def owners(self, session_ids: Collection[UUID]) -> dict[UUID, str]:
+        """The patient of each of these sessions that exists, in one query."""
+        if not session_ids:
+            return {}
+        stmt = select(sessions.c.id, sessions.c.patient_id).where(
+            sessions.c.id.in_(list(session_ids))
+        )
+        async with self.engine.connect() as conn:
+            return {row.id: row.patient_id for row in await conn.execute(stmt)}
 
     async def starting_with(self, prefix: str, *, limit: int = 2) -> list[UUID]:
         """Ids of sessions that start with ``prefix`` (up to ``limit``: two tell "one" from

@@ -75,8 +75,18 @@ ENDPOINTS: dict[str, Endpoint] = {
     ),
     "websocket": Endpoint("WS", "/api/sessions/{done}/status/ws", READ),
     "websocket unknown": Endpoint("WS", "/api/sessions/{unknown}/status/ws", READ_UNKNOWN),
-    "all events": Endpoint("GET", "/api/events", READ_ALL),
-    "all events stream": Endpoint("GET", "/api/events/stream", READ_ALL, streaming=True),
+    # Every reader gets its scope; admins and auditors without filters the global order.
+    "all events": Endpoint("GET", "/api/events", LIST),
+    "all events stream": Endpoint("GET", "/api/events/stream", LIST, streaming=True),
+    "all events websocket": Endpoint("WS", "/api/events/ws", LIST),
+    # A filter naming a session is access to that session.
+    "events of a session": Endpoint("GET", "/api/events?session_id={own}", READ),
+    "stream of a session's events": Endpoint(
+        "GET", "/api/events/stream?session_id={own}", READ, streaming=True
+    ),
+    "events of an unknown session": Endpoint(
+        "GET", "/api/events?session_id={unknown}", {**READ_UNKNOWN, "service": 403}
+    ),
     "assign": Endpoint("PUT", "/api/care-assignments/ther-x/pat-z", ADMIN_ONLY),
     "unassign": Endpoint("DELETE", "/api/care-assignments/ther-x/pat-z", ADMIN_ONLY),
     "stream cookie": Endpoint("POST", "/api/auth/cookie", ANY_TOKEN),

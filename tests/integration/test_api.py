@@ -190,7 +190,7 @@ def test_authentication_and_roles(server: LiveServer) -> None:
             == 404
         )
 
-        assert client.get("/api/events", headers=auth("patient", "alice")).status_code == 403
+        assert client.get("/api/events", headers=auth("service", "alice")).status_code == 403
         assert client.get("/api/events", headers=auth("auditor")).status_code == 200
 
 

@@ -184,10 +184,12 @@ def test_bad_paging_parameters(server: LiveServer, session_id: str, params: dict
         )
         assert history.status_code == 422, history.text
         if params.get("after") != str(2**40):
+            # The all-sessions `after` is a position or a scoped cursor: checked by the
+            # route (400), where FastAPI checks the limit (422).
             everything = client.get("/api/events", params=params, headers=auth("admin"))
-            assert everything.status_code == 422, everything.text
+            assert everything.status_code == (400 if "after" in params else 422), everything.text
         huge = client.get("/api/events", params={"after": str(2**64)}, headers=auth("admin"))
-        assert huge.status_code == 422
+        assert huge.status_code == 400
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pty
 import re
@@ -19,7 +20,7 @@ import httpx
 import psycopg
 import pytest
 
-from ledger.client import LedgerClientError, Reporter, follow
+from ledger.client import LedgerClientError, Reporter, follow, follow_all
 from ledger.domain import verify_chain
 from tests.support import (
     LiveServer,
@@ -315,3 +316,54 @@ def test_session_listing_is_scoped(server: LiveServer) -> None:
         listed = client.get("/api/sessions", headers=auth("patient", "lena")).json()["sessions"][0]
         assert listed["state"]["progress"] == 30
         assert client.get("/api/sessions", headers=auth("service")).status_code == 403
+
+
+def test_follow_all_keeps_ten_sessions_exact_across_a_killed_server(
+    server_factory: Callable[..., LiveServer], database_url: str, tmp_path: Path
+) -> None:
+    """One stream for a patient's ten sessions; the server is SIGKILLed and another takes
+    its port: every session ends with its exact history, nothing twice."""
+    first = server_factory()
+    patient = "patient-of-ten"
+    with first.client() as client:
+        sessions = [create_session(client, patient) for _ in range(10)]
+        for session_id in sessions:
+            append(client, session_id, {"status": "queued"})
+    received: list[dict[str, Any]] = []
+    cursors: list[str] = []
+    stop = threading.Event()
+
+    async def watch() -> None:
+        events = follow_all(
+            first.base_url,
+            token("patient", patient),
+            last_event_id="0",
+            on_cursor=cursors.append,
+        )
+        async with contextlib.aclosing(events):
+            async for event in events:
+                received.append(event)
+                if stop.is_set() and len(received) == 30:
+                    return
+
+    watcher = threading.Thread(target=lambda: asyncio.run(watch()))
+    watcher.start()
+    assert wait_until(lambda: len(received) == 10)
+    first.kill()
+    second = LiveServer(database_url, tmp_path / "again", port=first.port).start()
+    try:
+        for n, session_id in enumerate(sessions):
+            append_retrying(second.base_url, session_id, {"status": "transcribing"}, f"t{n}")
+        stop.set()
+        for n, session_id in enumerate(sessions):
+            append_retrying(second.base_url, session_id, {"status": "processed"}, f"p{n}")
+        watcher.join(60)
+        assert not watcher.is_alive()
+    finally:
+        second.stop()
+    for session_id in sessions:
+        versions = [e["version"] for e in received if e["session_id"] == session_id]
+        assert versions == table_versions(database_url, session_id) == [1, 2, 3]
+    # Each event's cursor is told once the consumer is done with it: the last one was not,
+    # since the consumer stopped while holding it.
+    assert len(cursors) == len(received) - 1

@@ -39,7 +39,9 @@ def test_global_stream_resumes_by_position(server: LiveServer) -> None:
 
 
 def test_global_stream_is_for_admins_and_auditors(server: LiveServer) -> None:
-    with stream(server, PATH, role="patient") as response:
+    """Other readers get their scoped stream on this path (tests/integration/
+    test_scoped_streams.py); a role that reads nothing gets neither."""
+    with stream(server, PATH, role="service") as response:
         assert response.status_code == 403
     with stream(server, PATH, role="auditor", read_timeout=3) as response:
         assert response.status_code == 200

@@ -406,7 +406,10 @@ def test_provider_shaped_claims_give_the_role_and_subject(
         listed = client.get("/api/sessions", headers=alice)
         assert listed.status_code == 200
         assert [s["patient_id"] for s in listed.json()["sessions"]] == ["alice"]
-        assert client.get("/api/events", headers=alice).status_code == 403
+        # Her own scope, not bob's.
+        assert client.get("/api/events", headers=alice).status_code == 200
+        bobs = client.get("/api/events", params={"patient_id": "bob"}, headers=alice)
+        assert bobs.status_code == 403
     nobody = keycloak(["offline_access"], "eve")
     assert "no ledger role in 'realm_access.roles'" in detail(live, nobody)
     assert status(live, keycloak(["admin"], "ada", aud="another-app")) == 401
@@ -472,7 +475,11 @@ def test_the_readmes_provider_settings_work_as_pasted(
         theirs = {"Authorization": f"Bearer {therapist}"}
         listed = client.get("/api/sessions", headers=theirs).json()["sessions"]
         assert [s["id"] for s in listed] == [session.json()["id"]]  # its subject, its patient
-        assert client.get("/api/events", headers=theirs).status_code == 403
+        # The therapist's scope is its assigned patient's, by its subject too.
+        scoped = client.get("/api/events", params={"patient_id": "p-1"}, headers=theirs)
+        assert scoped.status_code == 200
+        others = client.get("/api/events", params={"patient_id": "p-2"}, headers=theirs)
+        assert others.status_code == 403
 
 
 @pytest.mark.skipif(

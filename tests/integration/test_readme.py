@@ -10,6 +10,7 @@ import base64
 import contextlib
 import http.server
 import io
+import json
 import os
 import socket
 import subprocess
@@ -262,3 +263,24 @@ def test_the_auditors_steps_work_as_pasted(readme: Readme, tmp_path: Path) -> No
         assert size.isdigit()
         assert len(base64.b64decode(root, validate=True)) == 32
         assert signature.startswith("\u2014 ledger ")
+
+
+def test_the_scoped_stream_snippet_works_as_pasted(readme: Readme) -> None:
+    snippet = block("One stream for all the sessions a reader follows", "sh")
+    done = subprocess.run(
+        ["bash", "-c", snippet],
+        env=readme.env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    stream_part, _, page_part = done.stdout.rpartition("\n\n")
+    assert stream_part.startswith("id: ")  # the opening message carries a cursor
+    assert stream_part.count("event: progress") == 3
+    page = json.loads(page_part)
+    assert len({event["session_id"] for event in page["events"]}) == 3
+    assert {event["version"] for event in page["events"]} == {1}
+    assert page["next_after"] is None
+    assert isinstance(page["cursor"], str)

@@ -218,7 +218,7 @@ def test_lean_stream_routes_answer_as_declared(server: LiveServer) -> None:
         unknown = "/api/sessions/00000000-0000-4000-8000-000000000000/status/stream"
         assert client.get(unknown, headers=auth("admin")).status_code == 404
         assert client.get(unknown).status_code == 401
-        assert client.get("/api/events/stream", headers=auth("patient")).status_code == 403
+        assert client.get("/api/events/stream", headers=auth("service")).status_code == 403
         bad_cursor = client.get(
             "/api/events/stream", headers={**auth("admin"), "Last-Event-ID": "x"}
         )

@@ -24,13 +24,18 @@ from ledger.api.deps import (
     get_runtime,
     streamable_session,
 )
-from ledger.api.lean import Decline, Find, Lean, path_uuid
+from ledger.api.filters import PatientFilter, SessionFilter
+from ledger.api.lean import CANONICAL_UUID, Decline, Find, Lean, path_uuid
 from ledger.api.schemas import error_responses
+from ledger.api.scopes import ReaderScope, reader_scope
 from ledger.api.sse import FeedResponse
-from ledger.auth import Principal, Role, require_read_all
+from ledger.auth import Principal, Role
+from ledger.cursor import MAX_CURSOR_LENGTH, parse_cursor
 from ledger.domain import CarePair
-from ledger.errors import Forbidden, LedgerError, TooManyRequests
-from ledger.live.feeds import Clock, GlobalFeed, Kind, SessionFeed, parse_last_event_id
+from ledger.errors import BadRequest, Forbidden, LedgerError, TooManyRequests
+from ledger.live.feeds import Clock, GlobalFeed, Item, Kind, SessionFeed, parse_last_event_id
+from ledger.live.scoped import ScopedFeed
+from ledger.live.subscription import Mailbox
 from ledger.logs import Throttled
 from ledger.runtime import Runtime
 from ledger.storage.database import DATABASE_ERRORS
@@ -52,6 +57,15 @@ LastEventIdQuery = Annotated[
     ),
 ]
 LastEventIdHeader = Annotated[str | None, Header(alias="Last-Event-ID", max_length=MAX_CURSOR)]
+# The all-sessions stream's cursors: a position, or a scoped stream's longer cursor.
+CursorQuery = Annotated[
+    str | None,
+    Query(
+        max_length=MAX_CURSOR_LENGTH,
+        description="For clients that cannot set the Last-Event-ID header; the header wins.",
+    ),
+]
+CursorHeader = Annotated[str | None, Header(alias="Last-Event-ID", max_length=MAX_CURSOR_LENGTH)]
 AccessTokenQuery = Annotated[
     str | None,
     Query(description="The token, for native EventSource which cannot send headers."),
@@ -141,31 +155,68 @@ async def session_stream(
 
 
 @router.get("/api/events/stream", response_class=Response, responses=STREAM_RESPONSES)
-async def global_stream(
+async def events_stream(
     principal: StreamPrincipal,
     runtime: RuntimeDep,
-    last_event_id: LastEventIdQuery = None,
-    last_event_id_header: LastEventIdHeader = None,
+    session_id: SessionFilter = None,
+    patient_id: PatientFilter = None,
+    last_event_id: CursorQuery = None,
+    last_event_id_header: CursorHeader = None,
     access_token: AccessTokenQuery = None,
 ) -> Response:
-    """Every session's events; ``id`` is the global position, the resume cursor.
+    """Every session the caller may read (or those the filters name), on one stream.
 
-    Declared here, served lean (below)."""
-    require_read_all(principal)
-    start = parse_last_event_id(last_event_id_header, last_event_id)
-    clock = Clock(runtime.settings.heartbeat_seconds, principal.expires_at)
-    global_feed, stack = await opened(
-        runtime,
-        principal,
-        lambda stack: GlobalFeed.open(runtime.global_order, runtime.hub, start, clock, stack),
-    )
+    Admins and auditors without filters get the global stream (``id`` the global position,
+    in commit-safe global order); everyone else a scoped stream (``id`` an opaque cursor,
+    each session in order, live as soon as committed). Declared here, served lean (below).
+    """
+    scoped = await reader_scope(runtime, principal, session_id, patient_id)
+    raw = last_event_id_header if last_event_id_header is not None else last_event_id
+    feed, stack = await open_events_feed(runtime, principal, scoped, raw)
+    if isinstance(feed, GlobalFeed):
+        return FeedResponse(
+            feed.items(),
+            feed.sub,
+            framing=Encoded.global_sse,
+            retry_ms=runtime.settings.retry_ms,
+            on_close=stack.close,
+            initial_id=feed.last,
+        )
     return FeedResponse(
-        global_feed.items(),
-        global_feed.sub,
-        framing=Encoded.global_sse,
+        feed.items(),
+        feed.sub,
+        framing=Encoded.global_sse,  # unused: a scoped item carries its own ids
         retry_ms=runtime.settings.retry_ms,
         on_close=stack.close,
-        initial_id=global_feed.last,
+        initial_id=feed.cursor_text,
+    )
+
+
+async def open_events_feed(
+    runtime: Runtime, principal: Principal, scoped: ReaderScope | None, raw: str | None
+) -> tuple[GlobalFeed | ScopedFeed, contextlib.ExitStack]:
+    """The all-sessions feed both transports use: global or scoped, from the cursor."""
+    clock = Clock(runtime.settings.heartbeat_seconds, principal.expires_at)
+    if scoped is None:
+        start = parse_last_event_id(raw, None)
+        return await opened(
+            runtime,
+            principal,
+            lambda stack: GlobalFeed.open(runtime.global_order, runtime.hub, start, clock, stack),
+        )
+    ids = None if raw is None else parse_cursor(raw)
+    return await opened(
+        runtime,
+        principal,
+        lambda stack: ScopedFeed.open(
+            runtime.scoped,
+            runtime.hub,
+            scoped.scope,
+            ids,
+            clock,
+            stack,
+            relied=scoped.relied,
+        ),
     )
 
 
@@ -176,13 +227,63 @@ async def session_ws(websocket: WebSocket, session_id: UUID) -> None:
     Refusals happen before the upgrade, as real HTTP answers (401/403/404/400), so a client
     can tell them apart; after the terminal event the socket closes with code 1000.
     """
+
+    async def open_feed(runtime: Runtime, principal: Principal) -> Opened:
+        session = await check_read(runtime, principal, session_id)
+        start = parse_last_event_id(None, websocket.query_params.get("last_event_id"))
+        return await open_session_feed(runtime, principal, session, start)
+
+    await serve_ws(websocket, open_feed)
+
+
+@router.websocket("/api/events/ws")
+async def events_ws(websocket: WebSocket) -> None:
+    """The all-sessions stream over WebSocket, global or scoped as over SSE; filters and
+    ``last_event_id`` in the query. A terminal event does not close it."""
+
+    async def open_feed(runtime: Runtime, principal: Principal) -> Opened:
+        query = websocket.query_params
+        scoped = await reader_scope(
+            runtime,
+            principal,
+            [ws_uuid(raw) for raw in query.getlist("session_id")],
+            query.getlist("patient_id"),
+        )
+        return await open_events_feed(runtime, principal, scoped, query.get("last_event_id"))
+
+    await serve_ws(websocket, open_feed)
+
+
+Opened = tuple[SessionFeed | GlobalFeed | ScopedFeed | None, contextlib.ExitStack]
+
+
+def ws_uuid(raw: str) -> UUID:
+    try:
+        return UUID(raw)
+    except ValueError:
+        raise BadRequest("session_id must be a UUID") from None
+
+
+def ws_messages(item: Item) -> list[str]:
+    if item.kind is Kind.HEARTBEAT:
+        return ['{"event":"heartbeat"}']
+    if item.kind is Kind.RESET:
+        assert item.reset_json is not None
+        return [ws_message("reset", item.reset_id, item.reset_json)]
+    if item.cursors:
+        return [e.scoped_ws(c) for e, c in zip(item.events, item.cursors, strict=True)]
+    return [encoded.ws() for encoded in item.events]
+
+
+async def serve_ws(
+    websocket: WebSocket, open_feed: Callable[[Runtime, Principal], Awaitable[Opened]]
+) -> None:
+    """Authenticate, open the feed (refusing with a real HTTP answer), then send it."""
     runtime: Runtime = await get_runtime(websocket)
     try:
         check_origin(websocket, runtime.settings.cors_origins)
         principal = await authenticate_stream(websocket, runtime)
-        session = await check_read(runtime, principal, session_id)
-        start = parse_last_event_id(None, websocket.query_params.get("last_event_id"))
-        feed, stack = await open_session_feed(runtime, principal, session, start)
+        feed, stack = await open_feed(runtime, principal)
     except TooManyRequests as exc:
         await _deny(websocket, 429, exc.detail, {"Retry-After": str(exc.retry_after)})
         return
@@ -197,21 +298,22 @@ async def session_ws(websocket: WebSocket, session_id: UUID) -> None:
         if feed is None:
             await websocket.close(1000, "complete")
             return
+        global_ids = isinstance(feed, GlobalFeed)
+        ends = isinstance(feed, SessionFeed)
         metrics.SUBSCRIBERS.labels("ws").inc()
-        watcher = asyncio.create_task(_watch_ws(websocket, feed))
+        watcher = asyncio.create_task(_watch_ws(websocket, feed.sub))
         close_code, reason = 1012, "server shutting down: resume elsewhere"
         try:
             async for item in feed.items():
-                if item.kind is Kind.HEARTBEAT:
-                    await websocket.send_text('{"event":"heartbeat"}')
-                elif item.kind is Kind.RESET:
-                    assert item.reset_json is not None
-                    await websocket.send_text(ws_message("reset", item.reset_id, item.reset_json))
+                if global_ids and item.kind is Kind.EVENT:
+                    messages = [encoded.global_ws() for encoded in item.events]
                 else:
-                    for encoded in item.events:
-                        await websocket.send_text(encoded.ws())
-                        if encoded.event.is_terminal:
-                            close_code, reason = 1000, "complete"
+                    messages = ws_messages(item)
+                for message in messages:
+                    await websocket.send_text(message)
+                if item.kind is Kind.EVENT:
+                    if ends and item.events[-1].event.is_terminal:
+                        close_code, reason = 1000, "complete"
                     item.count_delivered("ws")
             if close_code != 1000 and feed.sub.revoked:
                 close_code, reason = 1008, "access revoked"
@@ -249,41 +351,46 @@ def check_origin(websocket: WebSocket, allowed: list[str]) -> None:
         raise Forbidden("this origin may not open WebSocket streams")
 
 
-async def _watch_ws(websocket: WebSocket, feed: SessionFeed) -> None:
+async def _watch_ws(websocket: WebSocket, sub: Mailbox[Any]) -> None:
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 break
-    feed.sub.close()
+    sub.close()
 
 
 # -- serving the SSE routes lean (see ledger.api.lean) ---------------------------------------
 
 
-def _cursor_query(request: Request, found: dict[str, Any]) -> str | None:
-    return _within(request.query_params.get("last_event_id"))
+def _cursor_finders(limit: int) -> dict[str, Find]:
+    """The Last-Event-ID parameters within their declared length (else FastAPI answers)."""
+
+    def within(cursor: str | None) -> str | None:
+        if cursor is not None and len(cursor) > limit:
+            raise Decline
+        return cursor
+
+    return {
+        "last_event_id": lambda request, found: within(request.query_params.get("last_event_id")),
+        "last_event_id_header": lambda request, found: within(request.headers.get("last-event-id")),
+    }
 
 
-def _cursor_header(request: Request, found: dict[str, Any]) -> str | None:
-    return _within(request.headers.get("last-event-id"))
-
-
-def _within(cursor: str | None) -> str | None:
-    """A declared Last-Event-ID parameter within its length (else FastAPI answers)."""
-    if cursor is not None and len(cursor) > MAX_CURSOR:
+def _session_filter(request: Request, found: dict[str, Any]) -> list[UUID] | None:
+    """The declared ``session_id`` filters, each in the canonical form (else FastAPI)."""
+    raw = request.query_params.getlist("session_id")
+    if not all(CANONICAL_UUID.fullmatch(value) for value in raw):
         raise Decline
-    return cursor
+    return [UUID(value) for value in raw] or None
 
 
 async def _stream_principal(request: Request, found: dict[str, Any]) -> Principal:
     return await authenticate_stream(request, found["runtime"])
 
 
-# What both SSE routes take: the cursors (which decline first), the token, the caller.
+# What both SSE routes take after their cursors (which decline first): the token, the caller.
 STREAM_FINDERS: dict[str, Find] = {
-    "last_event_id": _cursor_query,
-    "last_event_id_header": _cursor_header,
     "access_token": lambda request, found: request.query_params.get("access_token"),
     "runtime": lambda request, found: get_runtime(request),
     "principal": _stream_principal,
@@ -293,6 +400,7 @@ LEAN = [
     Lean(
         session_stream,
         {
+            **_cursor_finders(MAX_CURSOR),
             **STREAM_FINDERS,
             # FastAPI too resolves the principal before it validates the path.
             "session": lambda request, found: streamable_session(
@@ -300,5 +408,13 @@ LEAN = [
             ),
         },
     ),
-    Lean(global_stream, STREAM_FINDERS),
+    Lean(
+        events_stream,
+        {
+            **_cursor_finders(MAX_CURSOR_LENGTH),
+            "session_id": _session_filter,
+            "patient_id": lambda request, found: request.query_params.getlist("patient_id") or None,
+            **STREAM_FINDERS,
+        },
+    ),
 ]
