@@ -244,13 +244,13 @@ class Hub:
                 if sid in self._sessions or self.routes.wants(sid)
             ]
             try:
-                if self.routes.streams and self.scoped is not None:
-                    await self._fan_out_routed(ranges)
-                else:
-                    for event in await self.events.ranges(ranges):
-                        encoded = Encoded(event)
-                        for sub in self._sessions.get(event.session_id, ()):
-                            sub.offer(encoded)
+                for encoded in await self._read(ranges):
+                    session_id = encoded.event.session_id
+                    for sub in self._sessions.get(session_id, ()):
+                        sub.offer(encoded)
+                    if encoded.patient_id is not None:
+                        for scoped in self.routes.targets(session_id, encoded.patient_id):
+                            scoped.offer(encoded)
             except Exception as exc:
                 # Whatever this batch held is still in the table: its readers go there. A
                 # lost database (a restart, a failover) is expected, not a bug: one line.
@@ -268,15 +268,13 @@ class Hub:
                 for scoped in list(self.routes.streams):
                     scoped.offer(mark)
 
-    async def _fan_out_routed(self, ranges: list[VersionRange]) -> None:
-        assert self.scoped is not None
-        for placed in await self.scoped.ranges(ranges):
-            event = placed.event
-            encoded = Encoded(event, placed.tx, placed.patient_id)
-            for sub in self._sessions.get(event.session_id, ()):
-                sub.offer(encoded)
-            for scoped in self.routes.targets(event.session_id, placed.patient_id or ""):
-                scoped.offer(encoded)
+    async def _read(self, ranges: list[VersionRange]) -> list[Encoded]:
+        """The ranges, encoded once; with scoped streams open, read with each event's
+        transaction and patient, by which they are routed."""
+        if self.routes.streams and self.scoped is not None:
+            placed = await self.scoped.ranges(ranges)
+            return [Encoded(p.event, p.tx, p.patient_id) for p in placed]
+        return [Encoded(event) for event in await self.events.ranges(ranges)]
 
     async def _mark_while_needed(self) -> None:
         """While scoped streams are open: a mark each second in which events were announced

@@ -104,10 +104,6 @@ class ScopedFeed(_Feed):
         if scope.assigned and scope.therapist is not None:
             hub.follow(sub, await reads.patients_of(scope.therapist) | set(scope.patients))
 
-    @property
-    def cursor_text(self) -> str:
-        return self.cursor.text()
-
     async def items(self) -> AsyncIterator[Item]:
         sent_at = time.monotonic()
         while self._open():

@@ -98,11 +98,10 @@ def append(api: httpx.Client, session_id: str, body: object) -> None:
     assert response.status_code == 201, response.text
 
 
-def test_the_tour_works_as_pasted(readme: Readme) -> None:
-    tour = block("A 60-second tour", "sh")
-    # As in a terminal: the background stream prints until it closes after `processed`.
+def pasted(readme: Readme, script: str) -> str:
+    """What a shell prints for a README block pasted into it (which must succeed)."""
     done = subprocess.run(
-        ["bash", "-c", tour + "wait\n"],
+        ["bash", "-c", script],
         env=readme.env,
         cwd=REPO,
         capture_output=True,
@@ -110,7 +109,13 @@ def test_the_tour_works_as_pasted(readme: Readme) -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    out = done.stdout
+    return done.stdout
+
+
+def test_the_tour_works_as_pasted(readme: Readme) -> None:
+    tour = block("A 60-second tour", "sh")
+    # As in a terminal: the background stream prints until it closes after `processed`.
+    out = pasted(readme, tour + "wait\n")
     assert '"status":"processed"' in out  # the status answer
     assert '"next_after":null' in out  # the history page
     assert "retry: 2000" in out
@@ -267,16 +272,7 @@ def test_the_auditors_steps_work_as_pasted(readme: Readme, tmp_path: Path) -> No
 
 def test_the_scoped_stream_snippet_works_as_pasted(readme: Readme) -> None:
     snippet = block("One stream for all the sessions a reader follows", "sh")
-    done = subprocess.run(
-        ["bash", "-c", snippet],
-        env=readme.env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    stream_part, _, page_part = done.stdout.rpartition("\n\n")
+    stream_part, _, page_part = pasted(readme, snippet).rpartition("\n\n")
     assert stream_part.startswith("id: ")  # the opening message carries a cursor
     assert stream_part.count("event: progress") == 3
     page = json.loads(page_part)

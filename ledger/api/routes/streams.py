@@ -173,22 +173,13 @@ async def events_stream(
     scoped = await reader_scope(runtime, principal, session_id, patient_id)
     raw = last_event_id_header if last_event_id_header is not None else last_event_id
     feed, stack = await open_events_feed(runtime, principal, scoped, raw)
-    if isinstance(feed, GlobalFeed):
-        return FeedResponse(
-            feed.items(),
-            feed.sub,
-            framing=Encoded.global_sse,
-            retry_ms=runtime.settings.retry_ms,
-            on_close=stack.close,
-            initial_id=feed.last,
-        )
     return FeedResponse(
         feed.items(),
         feed.sub,
-        framing=Encoded.global_sse,  # unused: a scoped item carries its own ids
+        framing=Encoded.global_sse,  # a scoped item carries its own ids
         retry_ms=runtime.settings.retry_ms,
         on_close=stack.close,
-        initial_id=feed.cursor_text,
+        initial_id=feed.last if isinstance(feed, GlobalFeed) else feed.cursor.text(),
     )
 
 
