@@ -24,9 +24,15 @@ from ledger.errors import BadRequest
 
 MAX_CURSOR_LENGTH = 1024
 MAX_POSITION = 2**63 - 1
+# Deliveries beyond the safe point stop this far short of the bound, so that delivering a
+# commit-safe event, which moves the safe point up to it, always fits: the new point and
+# the first difference after it are at most 19 + 1 + 20 characters, and every other part
+# only merges with its neighbours.
+_ROOM = 40
+BEYOND_LIMIT = MAX_CURSOR_LENGTH - _ROOM
 # Below this many beyond entries the cursor is short enough whatever the positions are
 # (each part is at most 20 characters and a dot).
-_ALWAYS_SHORT = (MAX_CURSOR_LENGTH - 20) // 21
+_ALWAYS_SHORT = (BEYOND_LIMIT - 20) // 21
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -110,13 +116,18 @@ class Cursor:
                 del self.beyond[session_id]
 
     def fits_with(self, session_id: UUID, reached: Reached) -> bool:
-        """Whether the cursor stays within its length once this event is delivered."""
+        """Whether the cursor stays within its length once this event is delivered beyond
+        the safe point (one the safe point moves up to always fits: see ``_ROOM``)."""
         entries = len(self.beyond) + (session_id not in self.beyond)
         if entries <= _ALWAYS_SHORT or reached.point <= self.safe:
             return True
         positions = {s: r.point.position for s, r in self.beyond.items()}
         positions[session_id] = reached.point.position
-        return len(format_cursor(self.safe.position, positions.values())) <= MAX_CURSOR_LENGTH
+        return len(format_cursor(self.safe.position, positions.values())) <= BEYOND_LIMIT
+
+    def full(self) -> bool:
+        """Whether it names more than deliveries beyond the safe point may add up to."""
+        return len(self.beyond) > _ALWAYS_SHORT and len(self.text()) > BEYOND_LIMIT
 
     def text(self) -> str:
         if not self.beyond:

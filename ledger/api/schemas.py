@@ -21,6 +21,7 @@ from ledger.domain import EventType, NewEvent, Status
 
 MAX_DATA_DEPTH = 16
 MAX_TEXT = 4000
+MAX_IDENTIFIER = 200
 MAX_VERSION = 2**31 - 1
 MAX_POSITION = 2**63 - 1
 
@@ -28,7 +29,7 @@ MAX_POSITION = 2**63 - 1
 UNPAIRED_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _storable_text(value: str) -> None:
+def storable_text(value: str) -> None:
     # PostgreSQL text and jsonb hold neither U+0000 nor an unpaired surrogate (which JSON's
     # "\ud800" escape can carry but UTF-8 cannot): refuse them here instead of failing there.
     if "\x00" in value:
@@ -43,10 +44,10 @@ def _storable_json(value: Any, depth: int = 0) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("numbers must be finite (no NaN or Infinity)")
     if isinstance(value, str):
-        _storable_text(value)
+        storable_text(value)
     elif isinstance(value, dict):
         for key, item in value.items():
-            _storable_text(key)
+            storable_text(key)
             _storable_json(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
@@ -78,7 +79,7 @@ STORABLE_JSON_VALUE: dict[str, Any] = {
 }
 
 Text = Annotated[StrictStr, Field(max_length=MAX_TEXT, pattern=NO_NUL)]
-Identifier = Annotated[StrictStr, Field(min_length=1, max_length=200, pattern=NO_NUL)]
+Identifier = Annotated[StrictStr, Field(min_length=1, max_length=MAX_IDENTIFIER, pattern=NO_NUL)]
 Data = Annotated[
     dict[str, Any],
     AfterValidator(_check_data),

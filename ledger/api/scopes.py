@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from uuid import UUID
 
+from ledger.api.schemas import MAX_IDENTIFIER, storable_text
 from ledger.auth import READ_ALL, Principal, Role
 from ledger.domain import Scope
 from ledger.errors import BadRequest, Forbidden, NotFound
@@ -34,6 +35,16 @@ def _distinct(name: str, values: list[str] | list[UUID]) -> None:
         raise BadRequest(f"a {name} filter is given twice")
 
 
+def _patient_ids(values: list[str]) -> None:
+    for value in values:
+        if not 1 <= len(value) <= MAX_IDENTIFIER:
+            raise BadRequest(f"a patient_id filter must be 1 to {MAX_IDENTIFIER} characters")
+        try:
+            storable_text(value)
+        except ValueError as exc:
+            raise BadRequest(f"a patient_id filter {exc}") from None
+
+
 async def reader_scope(
     runtime: Runtime,
     principal: Principal,
@@ -44,6 +55,7 @@ async def reader_scope(
     patient_ids = patient_ids or []
     _distinct("session_id", session_ids)
     _distinct("patient_id", patient_ids)
+    _patient_ids(patient_ids)
     role = principal.role
     if role not in READ_ALL and role not in (Role.PATIENT, Role.THERAPIST):
         raise Forbidden("this role reads no sessions")

@@ -38,7 +38,7 @@ from ledger.live.hub import Hub
 from ledger.live.sources import ScopedEvents
 from ledger.live.subscription import ScopedSubscription
 from ledger.storage.notifications import Mark
-from ledger.storage.scoped import NO_BOUND, Placed, ScopeRead
+from ledger.storage.scoped import NO_BOUND, Placed
 from ledger.wire import Encoded
 
 
@@ -89,7 +89,7 @@ class ScopedFeed(_Feed):
             if state.latest_point is not None:
                 cursor.delivered(state.session_id, Reached(state.latest, state.latest_point))
         feed = cls(reads, hub, sub, clock, cursor, {s.session_id: s.latest for s in read.sessions})
-        if len(cursor.text()) > MAX_CURSOR_LENGTH:
+        if cursor.full():
             # Too many sessions beyond the safe point to name: start from it instead.
             feed.cursor = Cursor(read.tail)
             feed.held = True
@@ -166,18 +166,22 @@ class ScopedFeed(_Feed):
 
     async def _catch_up(self) -> AsyncIterator[Item]:
         """Read the scope from the table: every session's events after what the cursor
-        says was delivered; then the cursor's safe point moves to the read's."""
+        says was delivered; then the cursor's safe point moves to the read's. A session
+        that left the scope keeps its cursor entry (should it come back, it resumes where
+        it was) until the safe point covers it."""
         self.sub.needs_catchup = False
         self.sub.frames.clear()
         metrics.CATCHUP_READS.inc()
         await self._follow_assigned(self.reads, self.hub, self.sub)
         known = {session_id: r.version for session_id, r in self.cursor.beyond.items()}
         read = await self.reads.states(self.sub.scope, self.cursor.safe, known)
-        self._narrow(read)
+        self.delivered = {s.session_id: s.delivered for s in read.sessions}
         wanted = {s.session_id: s.delivered for s in read.sessions if s.latest > s.delivered}
         below = read.xmin if self.held else NO_BOUND
         while wanted:
             page = await self.reads.page(wanted, CATCHUP_PAGE, below=below)
+            if self.sub.needs_catchup or not self._open():
+                break  # the scope changed (or the stream ended) while it was read
             taken = take_within(self.cursor, page, wanted, read.xmin)
             for placed in taken:
                 self.delivered[placed.event.session_id] = placed.event.version
@@ -194,11 +198,6 @@ class ScopedFeed(_Feed):
                 break
         if not self.sub.needs_catchup:
             self._advance(read.xmin, read.tail)
-
-    def _narrow(self, read: ScopeRead) -> None:
-        """The scope as the table has it now: sessions that left it are forgotten."""
-        self.delivered = {s.session_id: s.delivered for s in read.sessions}
-        narrow(self.cursor, read)
 
     def _deliver(self, session_id: UUID, reached: Reached) -> None:
         self.cursor.delivered(session_id, reached)
@@ -228,28 +227,22 @@ def take_within(
 
     ``xmin`` is that of the read that chose the sessions: an event of a transaction below
     it has every event of the scope before it in this page (they had all committed), so
-    once it is delivered the safe point moves up to it.
+    once it is delivered the safe point moves up to it, which always fits the bound.
     """
     taken: list[Taken] = []
     for placed in page:
         event = placed.event
         reached = Reached(event.version, placed.point)
-        if not cursor.fits_with(event.session_id, reached):
-            break
-        cursor.delivered(event.session_id, reached)
         if placed.tx < xmin:
+            cursor.delivered(event.session_id, reached)
             cursor.advance(0, placed.point)
+        elif cursor.fits_with(event.session_id, reached):
+            cursor.delivered(event.session_id, reached)
+        else:
+            break
         wanted[event.session_id] = event.version
         taken.append(Taken(event, placed.tx, cursor.text()))
     return taken
-
-
-def narrow(cursor: Cursor, read: ScopeRead) -> None:
-    """Forget the cursor's entries of sessions that are no longer in the scope."""
-    in_scope = {state.session_id for state in read.sessions}
-    for session_id in list(cursor.beyond):
-        if session_id not in in_scope:
-            del cursor.beyond[session_id]
 
 
 async def read_page(
@@ -264,7 +257,6 @@ async def read_page(
         cursor = Cursor(resolved.safe, resolved.beyond)
     known = {session_id: r.version for session_id, r in cursor.beyond.items()}
     read = await reads.states(scope, cursor.safe, known)
-    narrow(cursor, read)
     wanted = {s.session_id: s.delivered for s in read.sessions if s.latest > s.delivered}
     if not wanted:
         cursor.advance(read.xmin, read.tail)

@@ -68,7 +68,7 @@ SELECT a.id, a.patient_id,
        coalesce(
            (SELECT version FROM known WHERE sid = a.id),
            (SELECT e.version FROM events e
-            WHERE e.session_id = a.id
+            WHERE %(after_start)s AND e.session_id = a.id
               AND (e.tx_id, e.position) <= (%(safe_tx)s::text::xid8, %(safe_position)s::bigint)
             ORDER BY e.version DESC LIMIT 1),
            0),
@@ -181,6 +181,8 @@ class ScopedReads:
             **_scope_params(scope),
             "known": list(known),
             "known_versions": list(known.values()),
+            # From the start nothing was delivered: no walk back through each history.
+            "after_start": safe != START,
             "safe_tx": safe.tx,
             "safe_position": safe.position,
         }

@@ -165,6 +165,10 @@ def test_filters_narrow_and_out_of_scope_is_refused(server: LiveServer) -> None:
         assert status("patient", patient, [("session_id", a), ("session_id", a)]) == 400
         too_many = [("patient_id", f"x{i}") for i in range(101)]
         assert status("admin", "root", too_many) == 400
+        for bad_id in ("\x00", "a\x00b", "", "x" * 201):
+            assert status("admin", "root", {"patient_id": bad_id}) == 400, bad_id
+            page = client.get("/api/events", params={"patient_id": bad_id}, headers=auth("admin"))
+            assert page.status_code == 400, bad_id
         for bad in ("x", "1.-2.3", "1..2", "-1", "1.2.0", "1.3.-1", "1." + "9" * 30, "1.-5"):
             assert status("patient", patient, {}, {"Last-Event-ID": bad}) == 400, bad
         assert status("patient", patient, {}, {"Last-Event-ID": "1" * 2000}) == 422
@@ -262,6 +266,34 @@ def test_care_assignments_take_effect_at_once(server: LiveServer, kind: str) -> 
             assert response.status_code == (200 if kind == "narrowed" else 403)
 
 
+def test_a_patient_removed_and_added_again_resumes_where_it_was(
+    server: LiveServer, module_database_url: str
+) -> None:
+    """An unfiltered therapist stream delivers a patient's event beyond the safe point (an
+    open transaction holds the point back); the assignment is removed and added again:
+    the event is not sent twice, the next one follows."""
+    therapist, patient = f"t-{uuid.uuid4()}", f"p-{uuid.uuid4()}"
+    path = f"/api/care-assignments/{therapist}/{patient}"
+    admin = auth("admin", "root")
+    with server.client() as client, psycopg.connect(module_database_url) as holder:
+        session = create_session(client, patient)
+        assert client.put(path, headers=admin).is_success
+        with stream(server, PATH, role="therapist", sub=therapist) as response:
+            messages, _ = opened(response)
+            holder.execute("SELECT pg_current_xact_id()")
+            append(client, session, {"status": "queued"})
+            (first,) = take(messages, 1)
+            assert client.delete(path, headers=admin).is_success
+            assert client.put(path, headers=admin).is_success
+            append(client, session, {"status": "transcribing"})
+            (second,) = take(messages, 1)
+            holder.rollback()
+    assert [(data(m)["session_id"], data(m)["version"]) for m in (first, second)] == [
+        (session, 1),
+        (session, 2),
+    ]
+
+
 def test_two_processes_route_events_and_assignments_to_each_other(
     server_factory: Any,
 ) -> None:
@@ -326,11 +358,13 @@ def test_scoped_websocket_resumes_and_refuses_like_sse(server: LiveServer) -> No
             ({"patient_id": "someone-else"}, 403),
             ({"last_event_id": "x.y"}, 400),
             ({"session_id": "nope"}, 400),
+            ({"patient_id": "\x00"}, 400),
         ):
             query = httpx.QueryParams({"access_token": token("patient", patient), **params})
             with pytest.raises(InvalidStatus) as refused:
                 connect(f"{base}?{query}").close()
             assert refused.value.response.status_code == expected, params
-        admin = httpx.QueryParams({"access_token": token("admin"), "last_event_id": "0"})
+        admin = httpx.QueryParams({"access_token": token("admin")})
         with connect(f"{base}?{admin}") as ws:  # unfiltered admin: global ids, positions
+            append(client, a, {"status": "diarizing"})
             assert isinstance(json.loads(ws.recv(timeout=10))["id"], int)

@@ -74,3 +74,25 @@ def test_advancing_drops_what_the_safe_point_covers() -> None:
     assert cursor.safe == Point(12, 110)
     cursor.delivered(old, Reached(4, Point(12, 109)))  # at or before the point: no entry
     assert set(cursor.beyond) == {young}
+
+
+@given(
+    st.lists(st.tuples(st.integers(2, 9), positions), unique_by=lambda t: t[1], max_size=400),
+    st.integers(2, 9),
+    positions,
+)
+def test_moving_the_safe_point_up_to_a_delivery_always_fits(
+    entries: list[tuple[int, int]], tx: int, position: int
+) -> None:
+    """What a held stream does: a commit-safe event is delivered and the safe point moves to
+    it, whatever the cursor named before (filled as far as deliveries beyond may go)."""
+    cursor = Cursor(Point(1, 1))
+    for entry_tx, entry_position in entries:
+        session, reached = uuid.uuid4(), Reached(1, Point(entry_tx, entry_position))
+        if cursor.fits_with(session, reached):
+            cursor.delivered(session, reached)
+    point = Point(tx, position)
+    cursor.delivered(uuid.uuid4(), Reached(1, point))
+    cursor.advance(0, point)
+    assert len(cursor.text()) <= MAX_CURSOR_LENGTH
+    assert all(reached.point > point for reached in cursor.beyond.values())
