@@ -28,8 +28,11 @@ run: install
 	$(BIN)/ledger migrate
 	exec $(BIN)/ledger serve
 
+# Test modules run on two workers (most of a test's time is waiting on servers, streams and
+# PostgreSQL); a module stays on one worker, so its server and database are its own.
+TEST_WORKERS ?= 2
 test: install-dev
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Pure logic and live/ against an in-memory ledger: no database, seconds.
 test-unit: install-dev
