@@ -10,7 +10,7 @@ const main = document.getElementById("main");
 const streams = new Set();
 
 // What the page received, for people debugging and for the end-to-end test.
-window.ledgerDashboard = { received: [], streams };
+window.ledgerDashboard = { received: [], events: [], streams };
 
 function token() { return sessionStorage.getItem(TOKEN_KEY); }
 
@@ -182,32 +182,36 @@ async function sessionsView() {
       if (loaded) reread();
     }
   };
+  // One stream for every session the reader may follow (a patient's own, a therapist's
+  // patients', everything for admins and auditors), however many are running. The list is
+  // read once the stream is open (at most a few seconds' wait), so that nothing between the
+  // two is missed; should the stream ever reopen from now (no event seen yet), again.
+  const { onOpen, onConnectionError } = live.handlers("all");  // it never ends by itself
+  let opened, gap = false;
+  const open = new Promise((resolve) => { opened = resolve; });
+  const stream = followAll({
+    tokenProvider: token,
+    onEvent: (event) => {
+      window.ledgerDashboard.events.push([event.session_id, event.version]);
+      update(event);
+    },
+    onOpen: () => {
+      onOpen();
+      opened();
+      if (gap && loaded) reread();
+      gap = false;
+    },
+    onConnectionError,
+    onGap: () => { gap = true; },
+  });
+  streams.add(stream);
+  window.ledgerDashboard.list = stream;
+  await Promise.race([open, new Promise((resolve) => setTimeout(resolve, 3000))]);
+  const { again } = await load();
+  if (again) reread();
   const role = claims()?.role;
-  if (role === "admin" || role === "auditor") {
-    // The list is read once the stream is open (at most a few seconds' wait), so that
-    // nothing that happens between the two is missed.
-    const { onOpen, onConnectionError } = live.handlers("all");  // it never ends by itself
-    let opened;
-    const open = new Promise((resolve) => { opened = resolve; });
-    const stream = followAll({
-      tokenProvider: token,
-      onEvent: update,
-      onOpen: () => { onOpen(); opened(); },
-      onConnectionError,
-    });
-    streams.add(stream);
-    await Promise.race([open, new Promise((resolve) => setTimeout(resolve, 3000))]);
-    const { again } = await load();
-    if (again) reread();
-    main.replaceChildren(checkpointCard(), card);
-  } else {
-    const { sessions } = await load();
-    main.replaceChildren(card);
-    for (const session of sessions.filter((s) => !["complete", "error"].includes(s.state.type)).slice(0, 5)) {
-      follow(sessionPath(session.id), { onEvent: update, ...live.handlers(session.id) });
-    }
-    live.show();
-  }
+  main.replaceChildren(...(role === "admin" || role === "auditor" ? [checkpointCard()] : []), card);
+  live.show();
 }
 
 // The latest signed checkpoint, for admins and auditors: what they keep to prove the

@@ -11,10 +11,20 @@
 //     onFailed(event) {},          // failed (a server-sent `error` event WITH data): closed
 //     onConnectionError() {},      // the network hiccuped (no data); EventSource retries
 //     onClosed(status) {},         // refused for good (403, 404, 204 ...): no more tries
+//     onGap() {},                  // reopened with no event seen yet, so from now: what
+//                                  // came meanwhile is not sent; read the state again
 //     keepOpen: false,             // true for a stream of many sessions: one session's
 //                                  // end is not the stream's (followAll sets it)
 //   });
 //   stream.lastEventId; stream.close();
+//
+//   // Every session this reader may follow (a patient's own, a therapist's patients',
+//   // all for admins and auditors), or those named, on ONE stream:
+//   const all = followAll({ token, sessionIds: [a, b], patientIds: ["p-1"], onEvent(e) {} });
+//
+// lastEventId is the id of the last event received, as the server wrote it: a version on a
+// session stream, an opaque cursor (a string such as "1204.3.5") on the all-sessions
+// stream. Hand it back as it is.
 //
 // A server-sent `error` event is a failed job and carries the event as data; the browser's
 // own `error` event (a lost connection) carries none. They share a name on EventSource, so
@@ -102,9 +112,10 @@ export class LedgerStream {
   }
 
   #open() {
+    const call = (name, value) => this.options[name] && this.options[name](value);
+    if (this.source !== null && this.lastEventId === null) call("onGap");
     const source = new EventSource(this.#url());
     this.source = source;
-    const call = (name, value) => this.options[name] && this.options[name](value);
 
     source.addEventListener("open", () => {
       this.opens += 1;
@@ -113,7 +124,7 @@ export class LedgerStream {
     });
     const deliver = (message) => {
       if (this.finished) return null;
-      if (message.lastEventId !== "") this.lastEventId = Number(message.lastEventId);
+      if (message.lastEventId !== "") this.lastEventId = message.lastEventId;
       const event = JSON.parse(message.data);
       call("onEvent", event);
       return event;
@@ -126,7 +137,7 @@ export class LedgerStream {
     };
     source.addEventListener("complete", (message) => end(message, "onComplete"));
     source.addEventListener("reset", (message) => {
-      this.lastEventId = Number(message.lastEventId);
+      this.lastEventId = message.lastEventId;
       call("onReset", JSON.parse(message.data));
     });
     source.addEventListener("error", (message) => {
@@ -146,7 +157,18 @@ export function sessionPath(sessionId) {
 
 export const ALL_EVENTS_PATH = "/api/events/stream";
 
-// Every session the caller may read (admins and auditors), on one stream that stays open.
-export function followAll(options = {}) {
-  return new LedgerStream(ALL_EVENTS_PATH, { ...options, keepOpen: true });
+// The all-sessions stream, narrowed to these sessions and patients (each list up to 100;
+// none: everything the caller may read).
+export function allEventsPath({ sessionIds = [], patientIds = [] } = {}) {
+  const query = new URLSearchParams();
+  for (const id of sessionIds) query.append("session_id", id);
+  for (const id of patientIds) query.append("patient_id", id);
+  const text = query.toString();
+  return text ? `${ALL_EVENTS_PATH}?${text}` : ALL_EVENTS_PATH;
+}
+
+// Every session the caller may read, or those the filters name, on one stream that stays
+// open as sessions end and resumes exactly after the last event it delivered.
+export function followAll({ sessionIds, patientIds, ...options } = {}) {
+  return new LedgerStream(allEventsPath({ sessionIds, patientIds }), { ...options, keepOpen: true });
 }

@@ -117,6 +117,132 @@ def test_dashboard_follows_a_session_through_a_server_restart(
         again.stop()
 
 
+# Counts the page's EventSources: how many were made, to which paths, and the most that
+# were ever open (not CLOSED) at once.
+COUNT_EVENT_SOURCES = """
+(() => {
+  const Native = window.EventSource;
+  const seen = { made: 0, paths: [], mostOpen: 0, all: [] };
+  window.eventSources = seen;
+  const count = () => {
+    const open = seen.all.filter((source) => source.readyState !== Native.CLOSED).length;
+    seen.mostOpen = Math.max(seen.mostOpen, open);
+  };
+  window.EventSource = class extends Native {
+    constructor(url, init) {
+      super(url, init);
+      seen.made += 1;
+      seen.paths.push(new URL(url, location.href).pathname);
+      seen.all.push(this);
+      count();
+      for (const name of ["open", "error"]) this.addEventListener(name, count);
+    }
+  };
+})();
+"""
+
+
+def test_a_patient_follows_ten_sessions_on_one_stream_through_a_killed_server(
+    browser: Any,
+    server_factory: Callable[..., LiveServer],
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    """Ten running sessions on one page, one EventSource (a browser allows six HTTP/1.1
+    connections per host); SIGKILL and a restart: every session ends with its exact
+    history, each event received once, in order."""
+    live = server_factory()
+    with live.client() as client:
+        sessions = [create_session(client, patient_id="e2e") for _ in range(10)]
+        for session_id in sessions:
+            append(client, session_id, {"status": "uploaded", "progress": 1})
+    context = browser.new_context()
+    context.add_init_script(COUNT_EVENT_SOURCES)
+    page = signed_in_page(context, live.base_url, role="patient")
+    page.wait_for_selector("#live.on")
+    with live.client() as client:
+        for session_id in sessions:
+            append(client, session_id, {"status": "transcribing", "progress": 30})
+    for session_id in sessions:
+        page.wait_for_selector(f"tr[data-session='{session_id}'] >> text=transcribing")
+
+    live.kill()
+    page.wait_for_selector("#live.down")
+    again = LiveServer(database_url, tmp_path / "again", port=live.port).start()
+    try:
+        for n, session_id in enumerate(sessions):  # appended while the page reconnects
+            append_retrying(
+                again.base_url, session_id, {"status": "analyzing", "progress": 80}, f"a{n}"
+            )
+            end = {"status": "processed"} if n % 3 else {"status": "failed", "error": "codec"}
+            append_retrying(again.base_url, session_id, end, f"e{n}")
+        for n, session_id in enumerate(sessions):
+            ended = "processed" if n % 3 else "failed"
+            page.wait_for_selector(
+                f"tr[data-session='{session_id}'] >> text={ended}", timeout=30_000
+            )
+        page.wait_for_selector("#live.on")
+        events: list[list[Any]] = page.evaluate("window.ledgerDashboard.events")
+        for session_id in sessions:
+            streamed = [version for sid, version in events if sid == session_id]
+            # Version 1 came with the list; every later one on the stream, once, in order.
+            assert streamed == table_versions(database_url, session_id)[1:] == [2, 3, 4]
+        counted = page.evaluate(
+            "({ made: eventSources.made, paths: eventSources.paths, most: eventSources.mostOpen })"
+        )
+        assert counted["most"] == 1, counted
+        assert set(counted["paths"]) == {"/api/events/stream"}, counted
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-patient-list.png"), full_page=True)
+    finally:
+        again.stop()
+        context.close()
+
+
+def test_follow_all_reopens_with_a_fresh_token_from_its_cursor(
+    browser: Any, server: LiveServer
+) -> None:
+    """ledger-client.js's followAll, narrowed to one of a patient's two sessions: its token
+    expires, the browser gives up on the 401, the stream asks again with a fresh token and
+    reopens from the cursor (an opaque string, handed back as it is): what was appended
+    while it was away arrives once."""
+    with server.client() as client:
+        followed, other = create_session(client, "js-all"), create_session(client, "js-all")
+    page = browser.new_page()
+    page.goto(server.base_url + "/static/index.html")
+    page.evaluate(
+        """async ([followed, shortLived]) => {
+          const { followAll } = await import("/static/ledger-client.js");
+          window.all = { token: shortLived, events: [], gaps: 0 };
+          window.all.stream = followAll({
+            sessionIds: [followed],
+            tokenProvider: () => window.all.token,
+            onEvent: (e) => window.all.events.push([e.session_id, e.version]),
+            onGap: () => { window.all.gaps += 1; },
+          });
+        }""",
+        [followed, token("patient", "js-all", ttl=2)],
+    )
+    page.wait_for_function("window.all.stream.opens === 1")
+    page.evaluate("(fresh) => { window.all.token = fresh; }", token("patient", "js-all"))
+    with server.client() as client:
+        append(client, other, {"status": "queued"})  # not followed
+        append(client, followed, {"status": "queued"})
+        page.wait_for_function("window.all.events.length === 1")
+        page.wait_for_function(
+            "window.all.stream.readyState === EventSource.CLOSED", timeout=15_000
+        )
+        append(client, followed, {"status": "transcribing"})  # while it is away
+    page.wait_for_function("window.all.stream.opens === 2", timeout=15_000)
+    with server.client() as client:
+        append(client, followed, {"status": "processed"})  # a session's end: it stays open
+    page.wait_for_function("window.all.events.length >= 3", timeout=15_000)
+    assert page.evaluate("window.all.events") == [[followed, 1], [followed, 2], [followed, 3]]
+    assert page.evaluate("typeof window.all.stream.lastEventId") == "string"
+    assert page.evaluate("window.all.gaps") == 0
+    assert page.evaluate("window.all.stream.readyState") != 2
+
+
 def test_dashboard_list_and_analytics(browser: Any, server: LiveServer) -> None:
     with server.client() as client:
         session_id = create_session(client, patient_id="list-patient")

@@ -174,40 +174,71 @@ def test_the_httpx_sse_snippet_works_as_pasted(readme: Readme) -> None:
     assert printed.getvalue().splitlines() == ["complete processed 100"]
 
 
-def test_the_javascript_client_snippet_works_as_pasted(readme: Readme) -> None:
+@contextlib.contextmanager
+def snippet_page(html: str, values: dict[str, str]) -> Iterator[tuple[Any, list[str]]]:
+    """A page of the ledger's own origin running a README ``<script type="module">``
+    block, with a reader's token in sessionStorage and ``values`` as page globals; and
+    what the page logs (not the browser's own notes, such as a missing favicon)."""
     from playwright.sync_api import sync_playwright
 
-    with client(readme) as api:
-        session_id = create_session(api, "readme-js")
-        append(api, session_id, {"status": "uploaded"})
-    snippet = block("The dashboard and the clients", "html")
-    script = snippet.split(">", 1)[1].rsplit("</script>", 1)[0]
+    script = html.split(">", 1)[1].rsplit("</script>", 1)[0]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page()
         logged: list[str] = []
-
-        def log(message: Any) -> None:
-            if message.type == "log":  # not the browser's own notes (a missing favicon)
-                logged.append(message.text)
-
-        page.on("console", log)
-        page.goto(f"{BASE}/healthz")  # a page of the ledger's own origin
+        page.on("console", lambda m: logged.append(m.text) if m.type == "log" else None)
+        page.goto(f"{BASE}/healthz")
         page.evaluate(
-            "([id, value]) => { window.sessionId = id; sessionStorage.setItem('token', value); }",
-            [session_id, minted(readme, "admin", "readme")],
+            "(values) => { Object.assign(window, values);"
+            " sessionStorage.setItem('token', values.token); }",
+            values,
         )
         page.add_script_tag(content=script, type="module")
+        try:
+            yield page, logged
+        finally:
+            browser.close()
+
+
+def wait_logged(page: Any, logged: list[str], line: str) -> None:
+    deadline = time.monotonic() + 10
+    while line not in logged and time.monotonic() < deadline:
+        page.wait_for_timeout(50)  # lets the page's messages arrive
+
+
+def test_the_javascript_client_snippet_works_as_pasted(readme: Readme) -> None:
+    with client(readme) as api:
+        session_id = create_session(api, "readme-js")
+        append(api, session_id, {"status": "uploaded"})
+    snippet = block("The dashboard and the clients", "html")
+    token = minted(readme, "admin", "readme")
+    with snippet_page(snippet, {"sessionId": session_id, "token": token}) as (page, logged):
+        wait_logged(page, logged, "1 uploaded 0")
         with client(readme) as api:
-            deadline = time.monotonic() + 10
-            while "1 uploaded 0" not in logged and time.monotonic() < deadline:
-                page.wait_for_timeout(50)  # lets the page's messages arrive
             append(api, session_id, {"status": "processed"})
-        deadline = time.monotonic() + 10
-        while "processed" not in logged and time.monotonic() < deadline:
-            page.wait_for_timeout(50)
-        browser.close()
+        wait_logged(page, logged, "processed")
     assert logged == ["1 uploaded 0", "2 processed 100", "processed"]
+
+
+def test_the_follow_all_snippet_works_as_pasted(readme: Readme) -> None:
+    """A patient's page follows both of its sessions on the one stream the snippet opens."""
+    with client(readme) as api:
+        first, second = create_session(api, "readme-all"), create_session(api, "readme-all")
+        other = create_session(api, "readme-someone-else")
+    snippet = block("The dashboard and the clients", "html", nth=1)
+    token = minted(readme, "patient", "readme-all")
+    with snippet_page(snippet, {"token": token}) as (page, logged):
+        opened = 'ledger_subscribers{transport="sse"} 1.0'
+        deadline = time.monotonic() + 10
+        while opened not in httpx.get(f"{BASE}/metrics").text and time.monotonic() < deadline:
+            page.wait_for_timeout(50)
+        with client(readme) as api:
+            append(api, other, {"status": "queued"})
+            append(api, first, {"status": "queued"})
+            append(api, second, {"status": "processed"})  # one session's end, not the stream's
+            append(api, first, {"status": "transcribing"})
+        wait_logged(page, logged, f"{first} 2 transcribing")
+    assert logged == [f"{first} 1 queued", f"{second} 1 processed", f"{first} 2 transcribing"]
 
 
 def test_the_python_client_snippet_works_as_pasted(readme: Readme) -> None:
