@@ -1,15 +1,22 @@
-"""Two backends behind a real nginx (deploy/nginx.conf): streaming, failover, rolling restart."""
+"""Two backends behind a real nginx (deploy/nginx.conf): streaming, failover, rolling restart,
+and the file's commented TLS + HTTP/2 lines, uncommented and served with a throwaway CA."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import random
+import re
 import shutil
+import ssl
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -27,6 +34,7 @@ from tests.support import (
     iter_sse,
     metric,
     table_versions,
+    token,
     wait_until,
 )
 
@@ -38,12 +46,133 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-class Nginx:
-    """nginx in the foreground on a loopback port, with the shipped configuration."""
+@dataclass(frozen=True)
+class Certificate:
+    """PEM files: a throwaway CA (what clients trust) and the chain and key nginx serves."""
 
-    def __init__(self, directory: Path, backends: list[int]) -> None:
+    authority: Path
+    chain: Path
+    key: Path
+
+    def client_context(self, *alpn: str) -> ssl.SSLContext:
+        """A verifying client context that trusts only the throwaway CA."""
+        context = ssl.create_default_context(cafile=self.authority)
+        if alpn:
+            context.set_alpn_protocols(list(alpn))
+        return context
+
+
+def throwaway_certificate(directory: Path) -> Certificate:
+    """A CA made for one test and a certificate it signs for 127.0.0.1 and localhost.
+
+    A CA rather than one self-signed certificate: the client verifies a real chain, with
+    the extensions strict verification asks for.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    def usage(*, signs: bool) -> x509.KeyUsage:
+        return x509.KeyUsage(
+            digital_signature=not signs,
+            content_commitment=False,
+            key_encipherment=False,
+            data_encipherment=False,
+            key_agreement=False,
+            key_cert_sign=signs,
+            crl_sign=signs,
+            encipher_only=False,
+            decipher_only=False,
+        )
+
+    def builder(
+        subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey
+    ) -> x509.CertificateBuilder:
+        now = datetime.now(UTC)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        )
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        builder(name("ledger throwaway CA"), name("ledger throwaway CA"), ca_key)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(usage(signs=True), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf = (
+        builder(name("localhost"), ca.subject, key)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(usage(signs=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    certificate = Certificate(
+        directory / "ca.pem", directory / "fullchain.pem", directory / "privkey.pem"
+    )
+    certificate.authority.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    certificate.chain.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    certificate.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return certificate
+
+
+def replaced(text: str, old: str, new: str) -> str:
+    """``str.replace`` that fails when the shipped file no longer has what a test rewrites."""
+    assert old in text, f"deploy/nginx.conf has no {old!r}"
+    return text.replace(old, new)
+
+
+def with_tls(site: str, port: int, certificate: Certificate) -> str:
+    """The shipped TLS lines uncommented, as an operator would, on a loopback port and the
+    throwaway certificate: the tests serve exactly what the file ships."""
+    head, start, rest = site.partition("# ---- TLS + HTTP/2: uncomment from here ----")
+    block, end, tail = rest.partition("# ---- to here ----")
+    assert end, "deploy/nginx.conf lost the rulers around its TLS lines"
+    block = re.sub(r"(?m)^(\s*)# ", r"\1", block)
+    block = replaced(block, "listen 443 ", f"listen 127.0.0.1:{port} ")
+    block = replaced(block, "/etc/ssl/ledger/fullchain.pem", str(certificate.chain))
+    block = replaced(block, "/etc/ssl/ledger/privkey.pem", str(certificate.key))
+    return head + start + block + end + tail
+
+
+class Nginx:
+    """nginx in the foreground on a loopback port, with the shipped configuration (and, given
+    a certificate, its TLS + HTTP/2 lines on a second port)."""
+
+    def __init__(
+        self, directory: Path, backends: list[int], certificate: Certificate | None = None
+    ) -> None:
         self.directory = directory
         self.port = free_port()
+        self.tls_port = free_port()
+        self.certificate = certificate
         shipped = (REPO / "deploy" / "nginx.conf").read_text()
         site = (
             shipped.replace("127.0.0.1:8001", f"127.0.0.1:{backends[0]}")
@@ -51,6 +180,8 @@ class Nginx:
             .replace("listen 8080;", f"listen 127.0.0.1:{self.port};")
             .replace("/var/log/nginx/ledger.access.log", str(directory / "access.log"))
         )
+        if certificate is not None:
+            site = with_tls(site, self.tls_port, certificate)
         (directory / "ledger.conf").write_text(site)
         temp = {name: directory / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
         for path in temp.values():
@@ -84,6 +215,10 @@ class Nginx:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def tls_url(self) -> str:
+        return f"https://127.0.0.1:{self.tls_port}"
+
     def _up(self) -> bool:
         try:
             return httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200
@@ -95,15 +230,43 @@ class Nginx:
         self.process.wait(10)
 
 
+@contextmanager
+def proxying(
+    directory: Path, backends: list[LiveServer], certificate: Certificate | None = None
+) -> Iterator[Nginx]:
+    """nginx in front of ``backends`` while the block runs; no token reaches its log."""
+    proxy = Nginx(directory, [b.port for b in backends], certificate)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+    assert "access_token" not in (directory / "access.log").read_text()
+
+
 @pytest.fixture
 def cluster(
     server_factory: Callable[..., LiveServer], tmp_path: Path
 ) -> Iterator[tuple[Nginx, list[LiveServer]]]:
     backends = [server_factory(), server_factory()]
-    proxy = Nginx(tmp_path, [b.port for b in backends])
-    yield proxy, backends
-    proxy.stop()
-    assert "access_token" not in (tmp_path / "access.log").read_text()
+    with proxying(tmp_path, backends) as proxy:
+        yield proxy, backends
+
+
+@pytest.fixture(scope="module")
+def tls_proxy(
+    module_database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Nginx]:
+    """The TLS lines enabled, in front of two backends: one for the module, since its tests
+    only read and append (no backend is stopped)."""
+    directory = tmp_path_factory.mktemp("tls-proxy")
+    with ExitStack() as stack:
+        backends = []
+        for _ in range(2):
+            backend = LiveServer(module_database_url, tmp_path_factory.mktemp("backend"))
+            stack.callback(backend.stop)
+            backends.append(backend.start())
+        certificate = throwaway_certificate(directory / "tls")
+        yield stack.enter_context(proxying(directory, backends, certificate))
 
 
 def test_streams_through_the_proxy_are_not_buffered(
@@ -140,17 +303,39 @@ def test_the_proxy_refuses_oversized_heads_itself(
         assert client.get("/healthz", headers={"X-Big": "a" * 12_000}).status_code == 200
 
 
-def test_websocket_through_the_proxy(cluster: tuple[Nginx, list[LiveServer]]) -> None:
+WEBSOCKETS = ["/api/sessions/{session_id}/status/ws", "/api/events/ws"]
+
+
+def websocket_delivers(proxy: Nginx, path: str, *, tls: bool = False) -> None:
+    """Upgrade through nginx, then receive an event appended after the upgrade.
+
+    Over TLS the client offers only HTTP/1.1 in ALPN, as a browser does for wss:// when the
+    server offers no WebSocket over HTTP/2 (nginx does not).
+    """
     from websockets.sync.client import connect
 
-    proxy, _ = cluster
-    with httpx.Client(base_url=proxy.base_url) as client:
+    with httpx.Client(base_url=proxy.base_url, timeout=10) as client:
         session_id = create_session(client)
-        append(client, session_id, {"status": "processed"})
-    token = auth("admin")["Authorization"][7:]
-    url = f"ws://127.0.0.1:{proxy.port}/api/sessions/{session_id}/status/ws?access_token={token}"
-    with connect(url) as ws:
-        assert json.loads(ws.recv(timeout=5))["event"] == "complete"
+        query = httpx.QueryParams({"access_token": token("admin")})
+        target = path.format(session_id=session_id)
+        url, context = f"ws://127.0.0.1:{proxy.port}{target}?{query}", None
+        if tls:
+            assert proxy.certificate is not None
+            url = f"wss://127.0.0.1:{proxy.tls_port}{target}?{query}"
+            context = proxy.certificate.client_context("http/1.1")
+        with connect(url, ssl=context) as ws:
+            appended = append(client, session_id, {"status": "processed"}).json()[0]
+            received = (json.loads(ws.recv(timeout=5)) for _ in range(50))
+            # The all-sessions route replays the module's other sessions first.
+            event = next(m for m in received if m.get("data", {}).get("session_id") == session_id)
+        assert event["event"] == "complete"
+        assert event["data"] == appended
+
+
+@pytest.mark.parametrize("path", WEBSOCKETS)
+def test_websocket_through_the_proxy(cluster: tuple[Nginx, list[LiveServer]], path: str) -> None:
+    """Both WebSocket routes upgrade (the all-sessions one used to fall into ``location /``)."""
+    websocket_delivers(cluster[0], path)
 
 
 def serving(backends: list[LiveServer]) -> LiveServer:
@@ -275,3 +460,50 @@ def test_rolling_restart_under_load(
         }
     assert set(acknowledged) <= stored  # no acknowledged append was lost
     assert len(acknowledged) > 50
+
+
+def test_tls_http2_carries_ten_streams_on_one_connection(tls_proxy: Nginx) -> None:
+    """Ten session streams open at once on one TLS connection, each receiving its event live.
+
+    The pool may open no second connection: over HTTP/1.1 the second stream would wait for
+    the first to end (a browser stops at six); HTTP/2, chosen by ALPN, multiplexes them.
+    """
+    assert tls_proxy.certificate is not None
+    with (
+        httpx.Client(
+            base_url=tls_proxy.tls_url,
+            http2=True,
+            verify=tls_proxy.certificate.client_context(),
+            limits=httpx.Limits(max_connections=1),
+            timeout=httpx.Timeout(5, read=5),
+        ) as client,
+        ExitStack() as streams,
+    ):
+        sessions = [create_session(client) for _ in range(10)]
+        responses = [
+            streams.enter_context(
+                client.stream(
+                    "GET",
+                    f"/api/sessions/{session_id}/status/stream",
+                    params={"access_token": token("admin")},  # as EventSource sends it
+                )
+            )
+            for session_id in sessions
+        ]
+        assert [(r.status_code, r.http_version) for r in responses] == [(200, "HTTP/2")] * 10
+        connection = responses[0].extensions["network_stream"]
+        assert all(r.extensions["network_stream"] is connection for r in responses)
+        assert connection.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+        followed = [iter_sse(r) for r in responses]
+        for messages in followed:
+            assert next(messages).retry is not None  # each stream's first bytes, not held
+        for n, (session_id, messages) in enumerate(zip(sessions, followed, strict=True)):
+            appended = append(client, session_id, {"status": "transcribing", "progress": n})
+            event = next(m for m in messages if m.data is not None)
+            assert json.loads(event.data or "") == appended.json()[0]
+
+
+@pytest.mark.parametrize("path", WEBSOCKETS)
+def test_websocket_over_tls(tls_proxy: Nginx, path: str) -> None:
+    """wss:// upgrades on the TLS port over HTTP/1.1 and delivers."""
+    websocket_delivers(tls_proxy, path, tls=True)
