@@ -88,6 +88,9 @@ def parse_cursor(raw: str) -> CursorIds:
         beyond.append(at)
     if safe > MAX_POSITION:
         raise BadRequest("the cursor names a position outside any ledger")
+    if len(parts) > 2 and sum(len(part) + 1 for part in parts[2:]) > BEYOND_LIMIT - 3:
+        # More than a stream writes: moving its safe point could outgrow the bound.
+        raise BadRequest("the cursor is not one a stream handed out")
     return CursorIds(safe=safe, beyond=tuple(beyond))
 
 

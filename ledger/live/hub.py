@@ -203,7 +203,7 @@ class Hub:
                 scoped.revoke()
             elif pair.patient_id in scoped.patients:
                 self.routes.follow(scoped, scoped.patients - {pair.patient_id})
-                scoped.catch_up()  # what is queued of that patient is not delivered
+                scoped.scope_changed()  # what is queued of that patient is not delivered
 
     def added(self, pair: CarePair) -> None:
         """A care assignment was added: the therapist's streams that follow all their
@@ -211,7 +211,7 @@ class Hub:
         for scoped in list(self.routes.streams):
             if scoped.scope.assigned and scoped.scope.therapist == pair.therapist_id:
                 self.routes.follow(scoped, scoped.patients | {pair.patient_id})
-                scoped.catch_up()
+                scoped.scope_changed()
 
     # -- background work ----------------------------------------------------------------
 

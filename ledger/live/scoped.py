@@ -16,6 +16,7 @@ until the transaction ends, rather than send an id a client cannot hand back.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -112,20 +113,31 @@ class ScopedFeed(_Feed):
                     yield item
                     sent_at = time.monotonic()
                 continue
+            if self.held:
+                if await self._pause(sent_at):
+                    yield HEARTBEAT_ITEM
+                    sent_at = time.monotonic()
+                self.sub.catch_up()
+                continue
             live = self._live()
             if live is not None:
                 yield live
                 sent_at = time.monotonic()
-            if self.sub.needs_catchup or not self._open():
+            if self.sub.needs_catchup or self.held or not self._open():
                 continue
             self.sub.wake.clear()
             if self.sub.frames or self.sub.needs_catchup:
                 continue
-            if await self._rest(sent_at, HELD_BACK_RETRY_SECONDS if self.held else None):
+            if await self._rest(sent_at):
                 yield HEARTBEAT_ITEM
                 sent_at = time.monotonic()
-            if self.held:
-                self.sub.catch_up()
+
+    async def _pause(self, sent_at: float) -> bool:
+        """A held stream rests its whole retry interval, whatever arrives meanwhile (the
+        next table read has it), so it reads at most four times a second however busy the
+        ledger is; True when a heartbeat is due."""
+        await asyncio.sleep(min(HELD_BACK_RETRY_SECONDS, self.clock.wait_budget(sent_at)))
+        return self.clock.heartbeat_due(sent_at) and self._open()
 
     def _live(self) -> Item | None:
         """Everything queued that can go out now, as one item."""
@@ -135,11 +147,8 @@ class ScopedFeed(_Feed):
         while frames and not self.sub.needs_catchup:
             frame = frames.popleft()
             if isinstance(frame, Mark):
-                if not self.held:  # a held stream skipped events the mark covers
-                    self._advance(frame.xmin, Point(frame.tail_tx, frame.tail))
+                self._advance(frame.xmin, Point(frame.tail_tx, frame.tail))
                 continue
-            if self.held:
-                continue  # its next table read delivers it
             event = frame.event
             known = self.delivered.get(event.session_id)
             if known is None:
@@ -172,6 +181,7 @@ class ScopedFeed(_Feed):
         self.sub.needs_catchup = False
         self.sub.frames.clear()
         metrics.CATCHUP_READS.inc()
+        changes = self.sub.changes
         await self._follow_assigned(self.reads, self.hub, self.sub)
         known = {session_id: r.version for session_id, r in self.cursor.beyond.items()}
         read = await self.reads.states(self.sub.scope, self.cursor.safe, known)
@@ -180,8 +190,8 @@ class ScopedFeed(_Feed):
         below = read.xmin if self.held else NO_BOUND
         while wanted:
             page = await self.reads.page(wanted, CATCHUP_PAGE, below=below)
-            if self.sub.needs_catchup or not self._open():
-                break  # the scope changed (or the stream ended) while it was read
+            if self.sub.changes != changes or not self._open():
+                return  # the scope changed (it reads again) or the stream ended
             taken = take_within(self.cursor, page, wanted, read.xmin)
             for placed in taken:
                 self.delivered[placed.event.session_id] = placed.event.version
@@ -194,9 +204,13 @@ class ScopedFeed(_Feed):
                     tuple(Encoded(placed.event, placed.tx) for placed in taken),
                     cursors=tuple(placed.cursor for placed in taken),
                 )
-            if self.sub.needs_catchup or len(page) < CATCHUP_PAGE or not self._open():
+            if len(taken) < len(page) or not self._open():
+                return
+            if len(page) < CATCHUP_PAGE:
                 break
-        if not self.sub.needs_catchup:
+        # Everything of the scope up to the read's tail went out (a queue that overflowed
+        # meanwhile only means another read; a scope that changed, that this one is moot).
+        if self.sub.changes == changes:
             self._advance(read.xmin, read.tail)
 
     def _deliver(self, session_id: UUID, reached: Reached) -> None:

@@ -79,10 +79,17 @@ class ScopedSubscription(Mailbox[Encoded | Mark]):
     filters rest on: removing one of those ends the stream, removing another narrows it.
     """
 
-    __slots__ = ("patients", "relied", "scope")
+    __slots__ = ("changes", "patients", "relied", "scope")
 
     def __init__(self, scope: Scope, limit: int, *, relied: frozenset[str] = frozenset()) -> None:
         super().__init__(limit)
         self.scope = scope
         self.patients: set[str] = set(scope.patients)
         self.relied = relied
+        # How often the patients it follows changed: a table read that saw a change while
+        # it ran is not delivered (a full queue, by contrast, does not spoil a read).
+        self.changes = 0
+
+    def scope_changed(self) -> None:
+        self.changes += 1
+        self.catch_up()

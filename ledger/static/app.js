@@ -170,10 +170,14 @@ async function sessionsView() {
     }
     return { sessions, again };
   };
+  // One read at a time; one asked for meanwhile runs when it ends (it may be the one
+  // that must begin after the stream reopened).
+  let readAgain = false;
   const reread = () => {
-    if (reading) return;
-    reading = load().then(({ again }) => { reading = null; if (again) reread(); },
-      () => { reading = null; });
+    if (reading) { readAgain = true; return; }
+    readAgain = false;
+    reading = load().then(({ again }) => { reading = null; if (again || readAgain) reread(); },
+      () => { reading = null; if (readAgain) reread(); });
   };
   const update = (event) => {
     if (unlisted.has(event.session_id)) return;
@@ -192,14 +196,18 @@ async function sessionsView() {
   const stream = followAll({
     tokenProvider: token,
     onEvent: (event) => {
-      window.ledgerDashboard.events.push([event.session_id, event.version]);
+      const seen = window.ledgerDashboard.events;
+      seen.push([event.session_id, event.version]);
+      if (seen.length > 10000) seen.splice(0, 5000);  // for debugging: the recent ones
       update(event);
     },
     onOpen: () => {
       onOpen();
       opened();
-      if (gap && loaded) reread();
-      gap = false;
+      if (gap) {
+        if (loaded || reading) reread(); else readAgain = true;  // the first read is due
+        gap = false;
+      }
     },
     onConnectionError,
     onGap: () => { gap = true; },
@@ -208,7 +216,7 @@ async function sessionsView() {
   window.ledgerDashboard.list = stream;
   await Promise.race([open, new Promise((resolve) => setTimeout(resolve, 3000))]);
   const { again } = await load();
-  if (again) reread();
+  if (again || readAgain) reread();
   const role = claims()?.role;
   main.replaceChildren(...(role === "admin" || role === "auditor" ? [checkpointCard()] : []), card);
   live.show();

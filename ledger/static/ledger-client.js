@@ -11,8 +11,9 @@
 //     onFailed(event) {},          // failed (a server-sent `error` event WITH data): closed
 //     onConnectionError() {},      // the network hiccuped (no data); EventSource retries
 //     onClosed(status) {},         // refused for good (403, 404, 204 ...): no more tries
-//     onGap() {},                  // reopened with no event seen yet, so from now: what
-//                                  // came meanwhile is not sent; read the state again
+//     onGap() {},                  // reopened from now (no event seen yet, or a cursor
+//                                  // this database cannot resume): what came meanwhile
+//                                  // is not sent; read the state again
 //     keepOpen: false,             // true for a stream of many sessions: one session's
 //                                  // end is not the stream's (followAll sets it)
 //   });
@@ -101,7 +102,14 @@ export class LedgerStream {
     }
     if (this.finished) return;
     const permanent = status === 204 || (status >= 400 && status < 500 && status !== 429);
+    // A many-session stream's cursor this database cannot resume (404: it lacks the
+    // position, as after a restore; 409: not commit-safe) is let go: it reopens from now.
+    const unresumable = this.options.keepOpen && this.lastEventId !== null
+      && (status === 404 || status === 409);
     if (status === 200 || (status === 401 && this.options.tokenProvider)) {
+      this.#open();
+    } else if (unresumable) {
+      this.lastEventId = null;
       this.#open();
     } else if (permanent) {
       this.close();

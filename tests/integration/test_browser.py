@@ -243,6 +243,35 @@ def test_follow_all_reopens_with_a_fresh_token_from_its_cursor(
     assert page.evaluate("window.all.stream.readyState") != 2
 
 
+def test_follow_all_lets_a_cursor_this_database_lacks_go_and_follows_from_now(
+    browser: Any, server: LiveServer
+) -> None:
+    """A cursor from another database (a restore): 404, so the stream reopens from now and
+    says so (onGap) instead of giving up as it would on a session it may not read."""
+    with server.client() as client:
+        session_id = create_session(client, "js-restored")
+    page = browser.new_page()
+    page.goto(server.base_url + "/static/index.html")
+    page.evaluate(
+        """async (token) => {
+          const { followAll } = await import("/static/ledger-client.js");
+          window.restored = { events: [], gaps: 0, closed: null };
+          window.restored.stream = followAll({
+            token, lastEventId: "999999999999",
+            onEvent: (e) => window.restored.events.push(e.version),
+            onGap: () => { window.restored.gaps += 1; },
+            onClosed: (status) => { window.restored.closed = status; },
+          });
+        }""",
+        token("patient", "js-restored"),
+    )
+    page.wait_for_function("window.restored.stream.opens === 1", timeout=15_000)
+    with server.client() as client:
+        append(client, session_id, {"status": "queued"})
+    page.wait_for_function("window.restored.events.length === 1", timeout=15_000)
+    assert page.evaluate("[window.restored.gaps, window.restored.closed]") == [1, None]
+
+
 def test_dashboard_list_and_analytics(browser: Any, server: LiveServer) -> None:
     with server.client() as client:
         session_id = create_session(client, patient_id="list-patient")

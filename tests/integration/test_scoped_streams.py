@@ -367,4 +367,6 @@ def test_scoped_websocket_resumes_and_refuses_like_sse(server: LiveServer) -> No
         admin = httpx.QueryParams({"access_token": token("admin")})
         with connect(f"{base}?{admin}") as ws:  # unfiltered admin: global ids, positions
             append(client, a, {"status": "diarizing"})
-            assert isinstance(json.loads(ws.recv(timeout=10))["id"], int)
+            fresh = json.loads(ws.recv(timeout=10))  # from now: the history is not replayed
+        assert isinstance(fresh["id"], int)
+        assert (fresh["data"]["session_id"], fresh["data"]["version"]) == (a, 3)

@@ -8,12 +8,14 @@ see how often the table was read.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Collection, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
-from ledger.domain import CarePair, Event, Head, NewEvent, Status, VersionRange, seal
+from ledger.cursor import START, CursorIds, Point, Reached
+from ledger.domain import CarePair, Event, Head, NewEvent, Scope, Status, VersionRange, seal
 from ledger.storage.global_order import GlobalPage
+from ledger.storage.scoped import Placed, Resolved, ScopeRead, SessionState
 
 
 class MemoryLedger:
@@ -110,3 +112,73 @@ class MemoryLedger:
     async def still_assigned(self, pairs: Collection[CarePair]) -> set[CarePair]:
         self._check()
         return set(pairs) & self.assignments
+
+
+class MemoryScoped:
+    """The scoped streams' reads (``live.sources.ScopedEvents``) over a ``MemoryLedger``,
+    for scopes that name sessions. Every event is its own committed transaction (its
+    position), so nothing is held back; ``during_page`` runs inside each page read, as the
+    rest of the ledger's traffic would."""
+
+    def __init__(self, ledger: MemoryLedger) -> None:
+        self.ledger = ledger
+        self.page_reads = 0
+        self.during_page: Callable[[], None] = lambda: None
+
+    def _tail(self) -> Point:
+        last = self.ledger.in_order[-1].position if self.ledger.in_order else 0
+        return Point(last, last) if last else START
+
+    async def ranges(self, wanted: Sequence[VersionRange]) -> list[Placed]:
+        events = await self.ledger.ranges(wanted)
+        return [Placed(event, event.position, "memory") for event in events]
+
+    async def mark(self) -> None:
+        return None
+
+    async def states(
+        self, scope: Scope, safe: Point = START, known: Mapping[UUID, int] | None = None
+    ) -> ScopeRead:
+        known = known or {}
+        states = []
+        for session_id in sorted(scope.sessions):
+            stored = self.ledger.by_session.get(session_id, [])
+            before = [e.version for e in stored if e.position <= safe.position]
+            latest = stored[-1] if stored else None
+            states.append(
+                SessionState(
+                    session_id=session_id,
+                    patient_id="memory",
+                    delivered=known.get(session_id, before[-1] if before else 0),
+                    latest=latest.version if latest else 0,
+                    latest_point=Point(latest.position, latest.position) if latest else None,
+                    finished=latest is not None and latest.is_terminal,
+                )
+            )
+        return ScopeRead(sessions=states, xmin=self._tail().tx + 1, tail=self._tail())
+
+    async def page(
+        self, wanted: Mapping[UUID, int], limit: int, *, below: int = 2**63 - 1
+    ) -> list[Placed]:
+        self.page_reads += 1
+        self.during_page()
+        found = [
+            event
+            for event in self.ledger.in_order
+            if event.session_id in wanted
+            and event.version > wanted[event.session_id]
+            and event.position < below
+        ]
+        return [Placed(event, event.position) for event in found[:limit]]
+
+    async def resolve(self, ids: CursorIds) -> Resolved:
+        by_position = {e.position: e for e in self.ledger.in_order}
+        safe = START if not ids.safe else Point(ids.safe, ids.safe)
+        beyond = {
+            by_position[p].session_id: Reached(by_position[p].version, Point(p, p))
+            for p in ids.beyond
+        }
+        return Resolved(safe=safe, beyond=beyond)
+
+    async def patients_of(self, therapist_id: str) -> set[str]:
+        return set()

@@ -95,4 +95,25 @@ def test_moving_the_safe_point_up_to_a_delivery_always_fits(
     cursor.delivered(uuid.uuid4(), Reached(1, point))
     cursor.advance(0, point)
     assert len(cursor.text()) <= MAX_CURSOR_LENGTH
+    parse_cursor(cursor.text())  # and it can be handed back
     assert all(reached.point > point for reached in cursor.beyond.values())
+
+
+def test_a_hand_made_cursor_that_moving_could_outgrow_is_refused() -> None:
+    """The parts after the first two of a cursor a stream writes fit in 981 characters;
+    a longer tail (here 1,020 characters in all, under the bound) is not one of them."""
+    raw = "5.995" + ".1" * 509
+    assert len(raw) <= MAX_CURSOR_LENGTH
+    with pytest.raises(BadRequest):
+        parse_cursor(raw)
+    assert parse_cursor("5.995" + ".1" * 490).beyond[-1] == 1000 + 490
+
+
+@given(st.lists(st.tuples(st.integers(2, 9), positions), unique_by=lambda t: t[1], max_size=400))
+def test_every_cursor_a_stream_writes_reads_back(entries: list[tuple[int, int]]) -> None:
+    cursor = Cursor(Point(1, 1))
+    for tx, position in entries:
+        session, reached = uuid.uuid4(), Reached(1, Point(tx, position))
+        if cursor.fits_with(session, reached):
+            cursor.delivered(session, reached)
+        parse_cursor(cursor.text())
