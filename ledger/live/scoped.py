@@ -247,13 +247,11 @@ def take_within(
     for placed in page:
         event = placed.event
         reached = Reached(event.version, placed.point)
-        if placed.tx < xmin:
-            cursor.delivered(event.session_id, reached)
-            cursor.advance(0, placed.point)
-        elif cursor.fits_with(event.session_id, reached):
-            cursor.delivered(event.session_id, reached)
-        else:
+        if placed.tx >= xmin and not cursor.fits_with(event.session_id, reached):
             break
+        cursor.delivered(event.session_id, reached)
+        if placed.tx < xmin:
+            cursor.advance(0, placed.point)
         wanted[event.session_id] = event.version
         taken.append(Taken(event, placed.tx, cursor.text()))
     return taken

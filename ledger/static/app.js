@@ -213,7 +213,6 @@ async function sessionsView() {
     onGap: () => { gap = true; },
   });
   streams.add(stream);
-  window.ledgerDashboard.list = stream;
   await Promise.race([open, new Promise((resolve) => setTimeout(resolve, 3000))]);
   const { again } = await load();
   if (again || readAgain) reread();
