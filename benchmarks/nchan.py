@@ -22,7 +22,8 @@ MODULE_PATHS = (
 )
 
 # One worker, like the ledger's one process; channels are the session ids. A subscriber is
-# an EventSource stream, a publisher POSTs the message body.
+# an EventSource stream (of one channel, or of several: ``/msub/a,b``), a publisher POSTs
+# the message body.
 CONFIG = """
 load_module {module};
 worker_processes 1;
@@ -43,6 +44,11 @@ http {{
             nchan_subscriber eventsource;
             nchan_channel_id $1;
         }}
+        location ~ ^/msub/([\\w,-]+)$ {{
+            nchan_subscriber eventsource;
+            nchan_channel_id $1;
+            nchan_channel_id_split_delimiter ",";
+        }}
         location ~ ^/pub/([\\w-]+)$ {{
             nchan_publisher;
             nchan_channel_id $1;
@@ -51,6 +57,11 @@ http {{
     }}
 }}
 """
+
+
+def multiplexed(channels: list[str]) -> str:
+    """One subscriber's path to several channels (Nchan takes up to 255)."""
+    return "/msub/" + ",".join(channels)
 
 
 def nginx_binary() -> str | None:

@@ -133,9 +133,32 @@ def seed(url: str, events: int) -> None:
         conn.execute("ANALYZE")
 
 
-def bench_token() -> str:
+def bench_token(role: Role = Role.ADMIN, subject: str = "bench") -> str:
     settings = Settings(jwt_secret=SECRET)
-    return TokenVerifier(settings, load_keys(settings)).mint(Role.ADMIN, "bench", 3600)
+    return TokenVerifier(settings, load_keys(settings)).mint(role, subject, 3600)
+
+
+# The scoped readers: patients of ten sessions each, a patient's own token and its stream
+# unfiltered (every session of theirs on one connection: what a patient's app opens).
+SCOPED_STREAM = "/api/events/stream"
+SESSIONS_PER_PATIENT = 10
+
+
+def patient_readers(
+    patients: dict[str, list[str]], streams: int, target: str = "ledger"
+) -> list[dict[str, Any]]:
+    """The load generator's ``readers``: ``streams`` scoped streams spread evenly over the
+    patients, each carrying all of its patient's sessions; for ``target="nchan"``, one
+    subscriber to the patient's channels, multiplexed (the same deliveries, done by Nchan)."""
+    return [
+        {
+            "path": SCOPED_STREAM if target == "ledger" else nchan.multiplexed(owned),
+            "token": bench_token(Role.PATIENT, patient) if target == "ledger" else "",
+            "sessions": owned,
+            "count": streams // len(patients),
+        }
+        for patient, owned in patients.items()
+    ]
 
 
 def analytics_figures(server: ServerProcess, url: str, events: int) -> list[Figure]:
@@ -253,25 +276,48 @@ def rss_kib(pid: int) -> int:
     )
 
 
+def following(patients: dict[str, list[str]], streams: int) -> str:
+    """What ``patient_readers`` opens, for a scenario's name."""
+    return (
+        f"{SESSIONS_PER_PATIENT} sessions each ({streams // len(patients):,} per patient,"
+        f" {len(patients)} patients)"
+    )
+
+
 def idle_costs(
-    server: ServerProcess, sessions: list[str], connections: int, seconds: float
+    server: ServerProcess,
+    sessions: list[str],
+    connections: int,
+    seconds: float,
+    patients: dict[str, list[str]] | None = None,
 ) -> tuple[float, float]:
-    """RSS growth per idle stream (KiB) and statements per second while they idle.
+    """RSS growth per idle stream (KiB) and statements per second while they idle: session
+    streams over ``sessions``, or with ``patients`` their scoped streams.
 
     On a fresh server of the same kind: one that has just replayed 100,000 events holds
-    freed memory that new streams would reuse, and the growth would read as nearly nothing.
-    A warm-up (100 streams opened and closed) keeps first-use costs out of the figure.
+    freed memory that new streams would reuse, and the growth would read as nearly nothing
+    (so each kind of stream gets a fresh server of its own). A warm-up (100 streams of the
+    kind opened and closed) keeps first-use costs out of the figure.
     """
+
+    def streams(count: int) -> dict[str, Any]:
+        if patients is None:
+            return {"sessions": sessions, "connections": count}
+        return {"sessions": sessions, "readers": patient_readers(patients, count)}
+
     fresh = ServerProcess(
-        server.database_url, server.data_dir / "idle", env=server.env, options=server.options
+        server.database_url,
+        server.data_dir / ("idle" if patients is None else "idle-scoped"),
+        env=server.env,
+        options=server.options,
     ).start()
     try:
         assert fresh.process is not None
         base = {"host": "127.0.0.1", "port": fresh.port, "token": bench_token()}
-        loadgen("idle", **base, sessions=sessions, connections=100, hold=0.0)
+        loadgen("idle", **base, **streams(100), hold=0.0)
         settle(fresh)
         before = rss_kib(fresh.process.pid)
-        params = {**base, "sessions": sessions, "connections": connections, "hold": 60.0}
+        params = {**base, **streams(connections), "hold": 60.0}
         holder = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.loadgen", "idle", json.dumps(params)],
             cwd=CHECKOUT,
@@ -298,9 +344,9 @@ def server_options() -> tuple[str, ...]:
     return ("--workers", str(WORKERS)) if WORKERS > 1 else ()
 
 
-def new_sessions(client: httpx.Client, count: int) -> list[str]:
+def new_sessions(client: httpx.Client, count: int, patient: str = "bench") -> list[str]:
     return [
-        client.post("/api/sessions", json={"patient_id": "bench"}).raise_for_status().json()["id"]
+        client.post("/api/sessions", json={"patient_id": patient}).raise_for_status().json()["id"]
         for _ in range(count)
     ]
 
@@ -409,7 +455,12 @@ def streaming_figures(server: ServerProcess, url: str, token: str, quick: bool) 
     figures: list[Figure] = []
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=server.base_url, headers=headers) as client:
-        sessions = new_sessions(client, 100)
+        # The 100 sessions belong to ten patients, whose scoped streams follow ten each.
+        patients = {
+            f"bench-{k}": new_sessions(client, SESSIONS_PER_PATIENT, f"bench-{k}")
+            for k in range(100 // SESSIONS_PER_PATIENT)
+        }
+    sessions = [session for owned in patients.values() for session in owned]
 
     console.print("appends …")
     # Appends: single events, 16 writers, beside psycopg doing the same INSERTs.
@@ -497,6 +548,21 @@ def streaming_figures(server: ServerProcess, url: str, token: str, quick: bool) 
             met=per_connection <= 30,
         )
     )
+    # The same for patients' scoped streams (each of ten sessions), on a fresh server too.
+    scoped_memory, scoped_idle_qps = idle_costs(server, sessions, connections, seconds, patients)
+    scoped_idle = f"{connections:,} idle scoped SSE streams of {following(patients, connections)}"
+    figures.append(
+        versus_session_streams(
+            scoped_idle,
+            "server memory per connection",
+            scoped_memory,
+            per_connection,
+            "KiB",
+            "a session stream's, measured the same way",
+            1.2,
+            {"measured_on": "a fresh server, warmed up with 100 such streams opened and closed"},
+        )
+    )
 
     console.print("fan-out latency …")
     # Latency: subscribers over 100 sessions at 100 appends/s, beside 2-second polling.
@@ -512,20 +578,29 @@ def streaming_figures(server: ServerProcess, url: str, token: str, quick: bool) 
     polling_qps = (series(server, "ledger_db_statements_total") - s0 - appends_during) / (
         time.monotonic() - started
     )
-    figures.append(
-        Figure(
-            scenario=f"{connections:,} idle SSE subscribers",
-            metric="SQL statements/s sent by the server",
-            value=round(idle_qps, 2),
-            unit="/s",
-            baseline=round(polling_qps, 1),
-            baseline_label=f"{subscribers:,} subscribers polling every 2 s (appends' own removed)",
-            target="<= 1 /s",
-            met=idle_qps <= 1,
+    for scenario, qps, baseline_qps, label in (
+        (
+            f"{connections:,} idle SSE subscribers",
+            idle_qps,
+            polling_qps,
+            f"{subscribers:,} subscribers polling every 2 s (appends' own removed)",
+        ),
+        (scoped_idle, scoped_idle_qps, idle_qps, f"{connections:,} idle session streams"),
+    ):
+        figures.append(
+            Figure(
+                scenario=scenario,
+                metric="SQL statements/s sent by the server",
+                value=round(qps, 2),
+                unit="/s",
+                baseline=round(baseline_qps, 2),
+                baseline_label=label,
+                target="<= 1 /s",
+                met=qps <= 1,
+            )
         )
-    )
-    streamed, one = fanout_latencies(base, sessions, subscribers, rate, seconds)
-    ceiling = nchan_latencies(sessions, subscribers, rate, seconds)
+    streamed, one, scoped = fanout_latencies(base, patients, subscribers, rate, seconds)
+    ceiling = nchan_latencies(patients, subscribers, rate, seconds)
     over_many = (
         f"commit to receipt, {subscribers:,} SSE subscribers over 100 sessions, {rate:g} appends/s"
     )
@@ -540,11 +615,26 @@ def streaming_figures(server: ServerProcess, url: str, token: str, quick: bool) 
                 baseline_label="2-second polling",
                 target=f"<= {target} ms",
                 met=streamed[name] <= target,
-                notes={
-                    "received": streamed["received"],
-                    "expected": streamed["expected"],
-                    "client_cpu_percent": streamed["client_cpu_percent"],
-                },
+                notes=deliveries(streamed),
+            )
+        )
+    for name in ("p50_ms", "p99_ms"):
+        notes = deliveries(scoped)
+        if ceiling is not None:
+            # Nchan under the same two loads: what ten times the deliveries per event cost a
+            # C hub in memory on this host (the floor of this ratio for any server).
+            notes["nchan_ratio"] = round(ceiling[2][name] / ceiling[0][name], 2)
+        figures.append(
+            versus_session_streams(
+                f"commit to receipt, {subscribers:,} scoped SSE streams of"
+                f" {following(patients, subscribers)}, {rate:g} appends/s",
+                name,
+                scoped[name],
+                streamed[name],
+                "ms",
+                f"{subscribers:,} session streams over the same sessions",
+                1.5,
+                notes,
             )
         )
     figures.append(
@@ -555,15 +645,11 @@ def streaming_figures(server: ServerProcess, url: str, token: str, quick: bool) 
             unit="ms",
             target="<= 100 ms",
             met=one["p99_ms"] <= 100,
-            notes={
-                "received": one["received"],
-                "expected": one["expected"],
-                "client_cpu_percent": one["client_cpu_percent"],
-            },
+            notes=deliveries(one),
         )
     )
     if ceiling is not None:
-        nchan_many, nchan_one = ceiling
+        nchan_many, nchan_one, _ = ceiling
         figures.append(versus_nchan(over_many, streamed, nchan_many))
         figures.append(
             versus_nchan(
@@ -575,22 +661,63 @@ def streaming_figures(server: ServerProcess, url: str, token: str, quick: bool) 
     return figures
 
 
+def deliveries(result: dict[str, Any]) -> dict[str, Any]:
+    """A latency run's counts: every reader owes every event of its sessions."""
+    keys = ("received", "expected", "readers", "readers_complete", "client_cpu_percent")
+    return {key: result[key] for key in keys}
+
+
+def versus_session_streams(
+    scenario: str,
+    metric: str,
+    value: float,
+    baseline: float,
+    unit: str,
+    label: str,
+    factor: float,
+    notes: dict[str, Any] | None = None,
+) -> Figure:
+    """A scoped-stream figure beside the session streams' of the same run, within ``factor``
+    of it (issue 16: scoped streams cost about what the session streams they replace do)."""
+    return Figure(
+        scenario=scenario,
+        metric=metric,
+        value=round(value, 2),
+        unit=unit,
+        baseline=round(baseline, 2),
+        baseline_label=label,
+        target=f"<= {factor:g}x baseline",
+        met=value <= factor * baseline,
+        notes={"ratio": round(value / baseline, 2) if baseline else None, **(notes or {})},
+    )
+
+
+Latencies = tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
+
+
 def nchan_latencies(
-    sessions: list[str], subscribers: int, rate: float, seconds: float
-) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """The two latency scenarios against nginx + Nchan, when it is installed."""
+    patients: dict[str, list[str]], subscribers: int, rate: float, seconds: float
+) -> Latencies | None:
+    """The latency scenarios against nginx + Nchan, when it is installed."""
     if not nchan.available():
         console.print("nginx with the Nchan module is not installed: no Nchan comparison")
         return None
     with nchan.Nchan() as hub:
         base = {"host": "127.0.0.1", "port": hub.port, "token": "", "target": "nchan"}
-        return fanout_latencies(base, sessions, subscribers, rate, seconds)
+        return fanout_latencies(base, patients, subscribers, rate, seconds)
 
 
 def fanout_latencies(
-    base: dict[str, Any], sessions: list[str], subscribers: int, rate: float, seconds: float
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Streams over all sessions at ``rate``, then all on one session at 10 appends/s."""
+    base: dict[str, Any],
+    patients: dict[str, list[str]],
+    subscribers: int,
+    rate: float,
+    seconds: float,
+) -> Latencies:
+    """Streams over all the patients' sessions at ``rate``; then all on one session at 10
+    appends/s; then as many streams that each follow a patient's sessions, so that each
+    event reaches ten times as many streams (100, not 10) at ``rate``."""
+    sessions = [session for owned in patients.values() for session in owned]
     many = loadgen(
         "latency", **base, sessions=sessions, subscribers=subscribers, rate=rate,
         seconds=seconds, poll_interval=None,
@@ -599,7 +726,12 @@ def fanout_latencies(
         "latency", **base, sessions=sessions[:1], subscribers=subscribers, rate=10,
         seconds=seconds, poll_interval=None,
     )  # fmt: skip
-    return many, one
+    readers = patient_readers(patients, subscribers, base.get("target", "ledger"))
+    scoped = loadgen(
+        "latency", **base, sessions=sessions, readers=readers, rate=rate, seconds=seconds,
+        poll_interval=None,
+    )  # fmt: skip
+    return many, one, scoped
 
 
 def versus_nchan(scenario: str, ours: dict[str, Any], theirs: dict[str, Any]) -> Figure:

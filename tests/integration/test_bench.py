@@ -40,13 +40,21 @@ def test_bench_quick_writes_a_report(pg_server_url: str, tmp_path: Path) -> None
     assert all(r["value"] >= 0 for r in report["results"])
     # Streams deliver nothing twice (whether all arrived within the wait is timing).
     streamed = [r for r in report["results"] if "expected" in (r["notes"] or {})]
-    assert len(streamed) == 3
+    assert len(streamed) == 5  # three on session streams, p50 and p99 on scoped ones
     assert all(0 < r["notes"]["received"] <= r["notes"]["expected"] for r in streamed)
+    # The scoped streams' figures each stand beside the session streams' of the same run.
+    scoped = [r for r in report["results"] if "scoped SSE streams" in r["scenario"]]
+    assert len(scoped) == 4
+    assert all(r["baseline"] is not None for r in scoped)
     # .ci/run installs nginx with the Nchan module: the comparison runs under the same load.
     if nchan.available():
         versus = [r for r in report["results"] if r["metric"] == "p99 as a multiple of Nchan's"]
         assert len(versus) == 2
         assert all(r["notes"]["nchan_received"] > 0 for r in versus)
+        # And Nchan under the scoped streams' load: its own ratio between the two loads.
+        ratios = [r["notes"].get("nchan_ratio") for r in scoped if r["unit"] == "ms"]
+        assert len(ratios) == 2
+        assert all(ratio is not None and ratio > 0 for ratio in ratios)
     assert "analytics over 100,000 events" in done.stdout
 
 
