@@ -266,7 +266,7 @@ class Hub:
                 continue
             if mark is not None:
                 for scoped in list(self.routes.streams):
-                    scoped.offer(mark)
+                    scoped.offer_mark(mark)
 
     async def _read(self, ranges: list[VersionRange]) -> list[Encoded]:
         """The ranges, encoded once; with scoped streams open, read with each event's

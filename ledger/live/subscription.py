@@ -90,6 +90,22 @@ class ScopedSubscription(Mailbox[Encoded | Mark]):
         # it ran is not delivered (a full queue, by contrast, does not spoil a read).
         self.changes = 0
 
+    def offer_mark(self, mark: Mark) -> None:
+        """Queue a mark without waking the stream: it changes nothing but the id of the
+        stream's next message, so it waits for the next wake-up (an event, a heartbeat).
+        Waking every stream for each mark put a burst of a thousand wake-ups once a second
+        in front of the next event (the scoped fan-out's p99). A newer mark replaces one
+        still queued last: everything queued before the older is before the newer too."""
+        if self.closed or self.needs_catchup:
+            return
+        if self.frames and isinstance(self.frames[-1], Mark):
+            self.frames[-1] = mark
+        elif len(self.frames) >= self.limit:
+            metrics.QUEUE_OVERFLOWS.inc()
+            self.catch_up()
+        else:
+            self.frames.append(mark)
+
     def scope_changed(self) -> None:
         self.changes += 1
         self.catch_up()

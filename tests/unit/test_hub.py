@@ -7,11 +7,12 @@ import uuid
 
 import pytest
 
-from ledger.domain import CarePair, Status, VersionRange
+from ledger.domain import CarePair, Scope, Status, VersionRange
 from ledger.errors import Unavailable
 from ledger.live.hub import Hub
-from ledger.storage.notifications import Unreadable
-from tests.unit.memory import MemoryLedger
+from ledger.storage.notifications import Mark, Unreadable
+from ledger.wire import Encoded
+from tests.unit.memory import MemoryLedger, MemoryScoped
 
 PAIR = CarePair(therapist_id="dr-a", patient_id="p-1")
 
@@ -175,3 +176,34 @@ async def test_after_close_all_no_stream_may_open() -> None:
         assert sub.closed
     with pytest.raises(Unavailable), hub.subscribe(session):
         pass
+
+
+async def test_a_mark_waits_for_the_scoped_streams_next_wake_up_and_a_newer_replaces_it() -> None:
+    ledger = MemoryLedger()
+    hub = Hub(ledger, ledger, queue_size=8, scoped=MemoryScoped(ledger))
+    session = uuid.uuid4()
+    older, newer = Mark(xmin=5, tail=3, tail_tx=4), Mark(xmin=9, tail=7, tail_tx=8)
+    try:
+        with hub.subscribe_scoped(Scope(sessions=frozenset({session}))) as sub:
+            hub.marked(older)
+            await settled()
+            assert list(sub.frames) == [older]
+            assert not sub.wake.is_set()  # no stream woken once a second for a mark
+            hub.marked(newer)
+            await settled()
+            assert list(sub.frames) == [newer]  # everything before the older is before it
+            ledger.append(session, Status.QUEUED)
+            hub.announced(announce((session, 1, 1)))
+            await settled()
+            assert sub.wake.is_set()
+            [mark, event] = sub.frames
+            assert mark == newer and isinstance(event, Encoded)
+            hub.marked(older)
+            await settled()
+            assert list(sub.frames)[1:] == [event, older]  # after the event, in order
+            sub.catch_up()
+            hub.marked(newer)
+            await settled()
+            assert not sub.frames  # the table read to come moves the cursor anyway
+    finally:
+        await hub.stop()
