@@ -197,7 +197,8 @@ async def test_a_mark_waits_for_the_scoped_streams_next_wake_up_and_a_newer_repl
             await settled()
             assert sub.wake.is_set()
             [mark, event] = sub.frames
-            assert mark == newer and isinstance(event, Encoded)
+            assert mark == newer
+            assert isinstance(event, Encoded)
             hub.marked(older)
             await settled()
             assert list(sub.frames)[1:] == [event, older]  # after the event, in order
