@@ -26,12 +26,16 @@ WHERE session_id = %s AND version > %s ORDER BY version LIMIT %s
 """
 
 # Driven by the requested ranges, one index range scan each: the planner cannot estimate
-# unnest(), and a plain join lets it scan the whole table instead.
+# unnest(), and a plain join lets it scan the whole table instead. ``OFFSET 0`` keeps the
+# LATERAL subquery a subquery: PostgreSQL pulls a simple one up into a join, whose generic
+# plan (the one a prepared statement may switch to) hashed the whole table: 54 ms instead
+# of 0.04 ms for two ranges beside sessions of 20,000 events.
 RANGES = f"""
 SELECT found.* FROM unnest(%s::uuid[], %s::int[], %s::int[]) AS r(sid, lo, hi)
 CROSS JOIN LATERAL (
     SELECT {EVENT_COLUMN_LIST} FROM events
     WHERE session_id = r.sid AND version >= r.lo AND version <= r.hi
+    OFFSET 0
 ) AS found
 ORDER BY found.session_id, found.version
 """
