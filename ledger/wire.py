@@ -30,7 +30,16 @@ def dumps(value: Any) -> str:
 
 
 class Encoded:
-    __slots__ = ("_global_sse", "_session_sse", "_ws", "event", "json", "patient_id", "tx")
+    __slots__ = (
+        "_global_sse",
+        "_recorded_at",
+        "_session_sse",
+        "_ws",
+        "event",
+        "json",
+        "patient_id",
+        "tx",
+    )
 
     def __init__(self, event: Event, tx: int = 0, patient_id: str | None = None) -> None:
         self.event = event
@@ -42,6 +51,13 @@ class Encoded:
         self._session_sse: bytes | None = None
         self._global_sse: bytes | None = None
         self._ws: str | None = None
+        self._recorded_at: float | None = None
+
+    def recorded_at(self) -> float:
+        """The event's ``recorded_at`` as a Unix time, once for all who measure its lag."""
+        if self._recorded_at is None:
+            self._recorded_at = self.event.recorded_at.timestamp()
+        return self._recorded_at
 
     def session_sse(self) -> bytes:
         """The session stream's frame: ``id`` is the session version."""

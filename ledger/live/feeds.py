@@ -53,11 +53,11 @@ class Item:
 
     def count_delivered(self, transport: str) -> None:
         """Count written events; for live ones, observe commit-to-write lag."""
-        metrics.EVENTS_DELIVERED.labels(transport).inc(len(self.events))
+        metrics.DELIVERED[transport].inc(len(self.events))
         if self.live:
             now = time.time()
             for encoded in self.events:
-                metrics.DELIVERY_LAG.observe(max(now - encoded.event.recorded_at.timestamp(), 0.0))
+                metrics.DELIVERY_LAG.observe(max(now - encoded.recorded_at(), 0.0))
 
 
 HEARTBEAT_ITEM = Item(Kind.HEARTBEAT)
@@ -99,20 +99,40 @@ class _Feed:
 
     sub: Mailbox[Any]
     clock: Clock
+    _timer: asyncio.TimerHandle | None = None
+    _due = 0.0
+    _rang = False
 
     def _open(self) -> bool:
         return not self.sub.closed and not self.clock.expired()
 
     async def _rest(self, sent_at: float, cap: float | None = None) -> bool:
         """Wait for the hub's wake-up, at most until a heartbeat is due (or ``cap``);
-        True when the wait ran out and a heartbeat should go out now."""
+        True when the wait ran out and a heartbeat should go out now.
+
+        The deadline is one timer that a busy stream keeps, armed again only when it must
+        ring earlier, not at every delivery (a timeout around each wait cost about 5 µs of
+        every delivery); one that rings early only wakes the stream to rest again."""
         budget = self.clock.wait_budget(sent_at)
         if cap is not None:
             budget = min(budget, cap)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(budget):
-                await self.sub.wake.wait()
-        return not self.sub.wake.is_set() and self.clock.heartbeat_due(sent_at) and self._open()
+        due = time.monotonic() + budget
+        if self._timer is None or self._due > due:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = asyncio.get_running_loop().call_later(budget, self._ring)
+            self._due = due
+        self._rang = False
+        await self.sub.wake.wait()
+        if not self._open() and self._timer is not None:
+            self._timer.cancel()  # the stream ends: nothing is left waiting for it
+            self._timer = None
+        return self._rang and self.clock.heartbeat_due(sent_at) and self._open()
+
+    def _ring(self) -> None:
+        self._timer = None
+        self._rang = True
+        self.sub.wake.set()
 
 
 class SessionFeed(_Feed):

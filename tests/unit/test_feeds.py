@@ -9,6 +9,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -128,6 +129,41 @@ async def test_silence_sends_a_heartbeat_and_reads_nothing() -> None:
         reads = ledger.replay_reads
         assert (await next_item(items)).kind is Kind.HEARTBEAT
         assert ledger.replay_reads == reads
+
+
+async def test_a_busy_stream_keeps_one_heartbeat_timer_and_beats_once_silent() -> None:
+    """Deliveries well inside the heartbeat interval send no heartbeat and do not arm a
+    timer each (the one armed is kept); silence afterwards still gets its heartbeat."""
+    ledger, session = MemoryLedger(), uuid.uuid4()
+    hub = Hub(ledger, ledger, queue_size=16)
+    loop = asyncio.get_running_loop()
+    armed: list[float] = []
+    call_later = loop.call_later
+    with contextlib.ExitStack() as stack:
+        clock = Clock(heartbeat=1.0, expires_at=None)
+        feed = await open_feed(ledger, hub, session, None, stack, clock)
+        assert feed is not None
+        ring = feed._ring
+
+        def counted(delay: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
+            if callback == ring:  # the feed's heartbeat timer, not the test's sleeps
+                armed.append(delay)
+            return call_later(delay, callback, *args)
+
+        items = feed.items()
+        loop.call_later = counted  # type: ignore[method-assign,assignment]
+        try:
+            for version in range(1, 21):
+                ledger.append(session, Status.TRANSCRIBING)
+                announce(hub, session, version, version)
+                item = await next_item(items)
+                assert item.kind is Kind.EVENT
+                assert versions(item) == [version]
+                await asyncio.sleep(0.01)
+            assert len(armed) <= 2  # not one per delivery
+            assert (await next_item(items)).kind is Kind.HEARTBEAT
+        finally:
+            del loop.call_later
 
 
 async def test_an_expired_token_ends_the_feed() -> None:
