@@ -3,6 +3,7 @@ and computed below, every root and proof the same as over the leaves in memory."
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import psycopg
@@ -32,6 +33,29 @@ from ledger.transparency.merkle import (
 from tests.support import DatabaseFactory
 
 LEAVES = 300
+# The tree grows only behind the commit-safe point, which is the whole cluster's: under
+# xdist another test may hold a transaction open in another database for a while (the
+# held-stream tests do), and growth waits for it rather than take nothing.
+HELD_FOR_AT_MOST = 60.0
+
+
+def behind_another_transaction(since: float) -> None:
+    """Growth found nothing new: wait a little for whoever holds the safe point back."""
+    assert time.monotonic() - since < HELD_FOR_AT_MOST, "the commit-safe point stayed behind"
+    time.sleep(0.05)
+
+
+def grow(conn: Connection, growth: Growth, batch: int, size: int) -> None:
+    """Grow the tree to ``size`` leaves, ``batch`` at most at a time."""
+    since = time.monotonic()
+    while True:
+        with conn.begin():
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({TREE_LOCK})")
+            added = growth.extend(conn, batch)
+            if tree_size(conn) >= size:
+                return
+        if not added:
+            behind_another_transaction(since)
 
 
 def insert_events(url: str, count: int) -> list[bytes]:
@@ -72,7 +96,7 @@ def grown(databases: DatabaseFactory) -> Iterator[tuple[Connection, list[bytes]]
     # must read it again when the other grew the tree or its own transaction rolled back.
     growers = [Growth(), Growth()]
     with engine.connect() as conn:
-        turn = 0
+        turn, since = 0, time.monotonic()
         while True:
             grower = growers[(turn // 3) % 2]
             with conn.begin() as transaction:
@@ -80,9 +104,12 @@ def grown(databases: DatabaseFactory) -> Iterator[tuple[Connection, list[bytes]]
                 added = grower.extend(conn, batch[turn % len(batch)])
                 if added and turn % 5 == 4:
                     transaction.rollback()  # grown, then lost: the next turn grows it again
-            if not added:
-                break
-            turn += 1
+                elif not added and tree_size(conn) == len(hashes):
+                    break
+            if added:
+                turn += 1
+            else:
+                behind_another_transaction(since)
         yield conn, hashes
     engine.dispose()
 
@@ -142,10 +169,7 @@ def test_a_grower_refuses_a_frontier_changed_behind_its_back(
     engine = create_engine(sqlalchemy_url(url))
     growth = Growth()
     with engine.connect() as conn:
-        for _ in range(2):  # 64, then 90 leaves: 64 + 16 + 8 + 2, (4, 4) the 16
-            with conn.begin():
-                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({TREE_LOCK})")
-                growth.extend(conn, 64)
+        grow(conn, growth, 64, 90)  # 64, then 90 leaves: 64 + 16 + 8 + 2, (4, 4) the 16
         insert_events(url, 60)
         with conn.begin():
             assert tree_size(conn) == 90
