@@ -313,11 +313,16 @@ async def latency(
     followers = readers_of(readers, stream_path, token, sessions, subscribers)
     samples: list[float] = []
     received = [0] * len(followers)
+    failed, unreadable = [0], [0]  # streams that did not open; data lines without a time
     stop = asyncio.Event()
     since = [float("inf")]  # only events appended by this run count (not a stream's first state)
 
     def sample(index: int, line: bytes, now: float) -> None:
-        appended = recorded_at(line)
+        try:
+            appended = recorded_at(line)
+        except ValueError:
+            unreadable[0] += 1  # counted, not raised: raised, it would end the stream
+            return
         if appended >= since[0]:
             samples.append(now - appended)
             received[index] += 1
@@ -328,11 +333,20 @@ async def latency(
             all_ready.set()
 
     async def streamer(index: int, stream: Readers) -> None:
-        receipts = await open_admitted(
-            lambda: open_receipts(
-                host, port, stream.path, stream.token, lambda line, now: sample(index, line, now)
+        try:
+            receipts = await open_admitted(
+                lambda: open_receipts(
+                    host,
+                    port,
+                    stream.path,
+                    stream.token,
+                    lambda line, now: sample(index, line, now),
+                )
             )
-        )
+        except (OSError, Refused):
+            failed[0] += 1  # the run goes on; its reader is not complete
+            arrived()
+            return
         arrived()
         try:
             await stop.wait()
@@ -394,6 +408,8 @@ async def latency(
         "received": len(samples),
         "expected": sum(owed) if streaming else None,
         "readers": len(followers),
+        "failed_opens": failed[0],
+        "unreadable_lines": unreadable[0],
         "readers_complete": (
             sum(got == due for got, due in zip(received, owed, strict=True)) if streaming else None
         ),

@@ -620,7 +620,7 @@ def streaming_figures(server: ServerProcess, url: str, token: str, quick: bool) 
         )
     for name in ("p50_ms", "p99_ms"):
         notes = deliveries(scoped)
-        if ceiling is not None:
+        if ceiling is not None and ceiling[2][name] and ceiling[0][name]:
             # Nchan under the same two loads: what ten times the deliveries per event cost a
             # C hub in memory on this host (the floor of this ratio for any server).
             notes["nchan_ratio"] = round(ceiling[2][name] / ceiling[0][name], 2)
@@ -663,7 +663,15 @@ def streaming_figures(server: ServerProcess, url: str, token: str, quick: bool) 
 
 def deliveries(result: dict[str, Any]) -> dict[str, Any]:
     """A latency run's counts: every reader owes every event of its sessions."""
-    keys = ("received", "expected", "readers", "readers_complete", "client_cpu_percent")
+    keys = (
+        "received",
+        "expected",
+        "readers",
+        "readers_complete",
+        "failed_opens",
+        "unreadable_lines",
+        "client_cpu_percent",
+    )
     return {key: result[key] for key in keys}
 
 

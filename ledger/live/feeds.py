@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Self
 from uuid import UUID
 
 from ledger import metrics
@@ -124,15 +124,23 @@ class _Feed:
             self._due = due
         self._rang = False
         await self.sub.wake.wait()
-        if not self._open() and self._timer is not None:
-            self._timer.cancel()  # the stream ends: nothing is left waiting for it
-            self._timer = None
         return self._rang and self.clock.heartbeat_due(sent_at) and self._open()
 
     def _ring(self) -> None:
         self._timer = None
         self._rang = True
         self.sub.wake.set()
+
+    def ends_with(self, stack: contextlib.ExitStack) -> Self:
+        """Cancel the heartbeat timer when the stream's stack closes, however it ends (the
+        timer holds the feed, and with it the subscription, until it rings)."""
+        stack.callback(self._stop_timer)
+        return self
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class SessionFeed(_Feed):
@@ -179,7 +187,8 @@ class SessionFeed(_Feed):
         head_version = head.version if head is not None else 0
 
         def feed(after: int, first: list[Item], *, finished: bool) -> SessionFeed:
-            return cls(events, sub, session_id, clock, after=after, first=first, finished=finished)
+            made = cls(events, sub, session_id, clock, after=after, first=first, finished=finished)
+            return made.ends_with(stack)
 
         if last_event_id is None:
             if head is None:
@@ -272,7 +281,7 @@ class GlobalFeed(_Feed):
         else:
             await events.check_cursor(last_event_id)
             after = last_event_id
-        return cls(events, sub, clock, after=after)
+        return cls(events, sub, clock, after=after).ends_with(stack)
 
     async def items(self) -> AsyncIterator[Item]:
         sent_at = time.monotonic()

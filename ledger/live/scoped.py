@@ -83,7 +83,7 @@ class ScopedFeed(_Feed):
             resolved = await reads.resolve(ids)
             feed = cls(reads, hub, sub, clock, Cursor(resolved.safe, resolved.beyond), {})
             sub.catch_up()
-            return feed
+            return feed.ends_with(stack)
         read = await reads.states(scope)
         cursor = Cursor(read.tail)
         for state in read.sessions:
@@ -95,7 +95,7 @@ class ScopedFeed(_Feed):
             feed.cursor = Cursor(read.tail)
             feed.held = True
             sub.catch_up()
-        return feed
+        return feed.ends_with(stack)
 
     @staticmethod
     async def _follow_assigned(reads: ScopedEvents, hub: Hub, sub: ScopedSubscription) -> None:

@@ -94,12 +94,16 @@ class ScopedSubscription(Mailbox[Encoded | Mark]):
         """Queue a mark without waking the stream: it changes nothing but the id of the
         stream's next message, so it waits for the next wake-up (an event, a heartbeat).
         Waking every stream for each mark put a burst of a thousand wake-ups once a second
-        in front of the next event (the scoped fan-out's p99). A newer mark replaces one
-        still queued last: everything queued before the older is before the newer too."""
+        in front of the next event (the scoped fan-out's p99). One queued last is merged
+        with it: everything queued before either is before both, and applying the two
+        one after the other is applying the higher of each (marks of several processes
+        may arrive out of order). While a table read is pending, the read's own safe point
+        replaces it."""
         if self.closed or self.needs_catchup:
             return
-        if self.frames and isinstance(self.frames[-1], Mark):
-            self.frames[-1] = mark
+        last = self.frames[-1] if self.frames else None
+        if isinstance(last, Mark):
+            self.frames[-1] = last.merged(mark)
         elif len(self.frames) >= self.limit:
             metrics.QUEUE_OVERFLOWS.inc()
             self.catch_up()

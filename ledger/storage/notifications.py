@@ -96,6 +96,13 @@ class Mark:
     tail: int
     tail_tx: int
 
+    def merged(self, later: Mark) -> Mark:
+        """Both marks applied one after the other, as one: the higher ``xmin`` and the
+        later tail (a cursor's point only moves forward, and an entry below either
+        ``xmin`` is dropped by one of them)."""
+        tail_tx, tail = max((self.tail_tx, self.tail), (later.tail_tx, later.tail))
+        return Mark(xmin=max(self.xmin, later.xmin), tail=tail, tail_tx=tail_tx)
+
 
 def mark_statement(safe_point: str) -> str:
     """The statement that sends a mark, from one that selects ``(xmin, tail_tx, tail)``:

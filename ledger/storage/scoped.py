@@ -94,8 +94,9 @@ LIMIT %(limit)s
 
 # What the hub fans out to scoped streams: the announced ranges with each event's
 # transaction and session's patient (by which streams that follow a patient are found).
-# The patient is a scalar subquery, not a join, and the events stay a subquery (``OFFSET
-# 0``, as in ``history.RANGES``): joined, the planner drove the events scan by the session
+# The patient is a scalar subquery, not a join, looked up once per range (``OFFSET 0``
+# keeps it below the events), and the events stay a subquery (``OFFSET 0``, as in
+# ``history.RANGES``): joined, the planner drove the events scan by the session
 # alone and filtered the versions afterwards, reading each notified session's whole
 # history (5.4 ms instead of 0.05 ms beside sessions of 20,000 events; 66 ms in a generic
 # plan), which put the scoped fan-out's p99 at 205 ms once the followed sessions were long.
@@ -103,6 +104,7 @@ ROUTED_RANGES = f"""
 SELECT found.*, r.patient_id FROM (
     SELECT u.sid, u.lo, u.hi, (SELECT patient_id FROM sessions WHERE id = u.sid) AS patient_id
     FROM unnest(%s::uuid[], %s::int[], %s::int[]) AS u(sid, lo, hi)
+    OFFSET 0
 ) AS r
 CROSS JOIN LATERAL (
     SELECT {EVENT_COLUMN_LIST}, tx_id::text::bigint AS tx FROM events
@@ -244,7 +246,14 @@ class ScopedReads:
             metrics.DB_STATEMENTS.inc()
             rows = await (await conn.execute(ROUTED_RANGES, params)).fetchall()
         n = _EVENT_COUNT
-        return [Placed(event_from_row(row[:n]), int(row[n]), str(row[n + 1])) for row in rows]
+        return [
+            Placed(
+                event_from_row(row[:n]),
+                int(row[n]),
+                None if row[n + 1] is None else str(row[n + 1]),
+            )
+            for row in rows
+        ]
 
     async def resolve(self, ids: CursorIds) -> Resolved:
         """The cursor's positions as places and sessions, or why it cannot be resumed."""

@@ -166,6 +166,24 @@ async def test_a_busy_stream_keeps_one_heartbeat_timer_and_beats_once_silent() -
             del loop.call_later
 
 
+async def test_the_heartbeat_timer_goes_with_the_stream() -> None:
+    """However a stream ends, closing its stack cancels its timer (which holds the feed)."""
+    ledger, session = MemoryLedger(), uuid.uuid4()
+    hub = Hub(ledger, ledger, queue_size=16)
+    with contextlib.ExitStack() as stack:
+        feed = await open_feed(ledger, hub, session, None, stack)
+        assert feed is not None
+        resting = asyncio.create_task(anext(feed.items()))
+        await asyncio.sleep(0.01)
+        timer = feed._timer
+        assert timer is not None  # resting until a heartbeat is due
+    assert timer.cancelled()
+    assert feed._timer is None
+    resting.cancel()
+    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+        await resting
+
+
 async def test_an_expired_token_ends_the_feed() -> None:
     ledger, session = MemoryLedger(), uuid.uuid4()
     hub = Hub(ledger, ledger, queue_size=16)

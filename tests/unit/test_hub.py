@@ -192,6 +192,12 @@ async def test_a_mark_waits_for_the_scoped_streams_next_wake_up_and_a_newer_repl
             hub.marked(newer)
             await settled()
             assert list(sub.frames) == [newer]  # everything before the older is before it
+            # Another process's mark may arrive later with an older snapshot: merged, the
+            # higher of each is kept, as applying both would.
+            hub.marked(Mark(xmin=7, tail=8, tail_tx=9))
+            await settled()
+            assert list(sub.frames) == [Mark(xmin=9, tail=8, tail_tx=9)]
+            sub.frames[-1] = newer
             ledger.append(session, Status.QUEUED)
             hub.announced(announce((session, 1, 1)))
             await settled()
