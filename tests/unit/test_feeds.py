@@ -173,12 +173,7 @@ async def test_the_heartbeat_timer_goes_with_the_stream() -> None:
     with contextlib.ExitStack() as stack:
         feed = await open_feed(ledger, hub, session, None, stack)
         assert feed is not None
-        items = feed.items()
-
-        async def first() -> Item:
-            return await anext(items)
-
-        resting = asyncio.create_task(first())
+        resting = asyncio.ensure_future(next_item(feed.items()))
         await asyncio.sleep(0.01)
         timer = feed._timer
         assert timer is not None  # resting until a heartbeat is due
