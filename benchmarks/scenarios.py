@@ -621,8 +621,8 @@ def streaming_figures(server: ServerProcess, url: str, token: str, quick: bool) 
     for name in ("p50_ms", "p99_ms"):
         notes = deliveries(scoped)
         if ceiling is not None and ceiling[2][name] and ceiling[0][name]:
-            # Nchan under the same two loads: what ten times the deliveries per event cost a
-            # C hub in memory on this host (the floor of this ratio for any server).
+            # Nchan under the same two loads: what ten times the frames per event cost a C
+            # hub in memory on this host, the kernel's and the load generator's share.
             notes["nchan_ratio"] = round(ceiling[2][name] / ceiling[0][name], 2)
         figures.append(
             versus_session_streams(
