@@ -38,6 +38,15 @@ class Quotas:
     @contextmanager
     def stream(self, subject: str) -> Iterator[None]:
         """Hold one of the subject's stream slots while the stream is open."""
+        self.take_stream(subject)
+        try:
+            yield
+        finally:
+            self.release_stream(subject)
+
+    def take_stream(self, subject: str) -> None:
+        """:meth:`stream` for a stream that outlives the caller's block, released by
+        :meth:`release_stream`."""
         held = self._streams.get(subject, 0)
         if self.streams_per_subject and held >= self.streams_per_subject:
             metrics.LIMITED.labels("streams").inc()
@@ -47,14 +56,13 @@ class Quotas:
                 retry_after=5,
             )
         self._streams[subject] = held + 1
-        try:
-            yield
-        finally:
-            left = self._streams[subject] - 1
-            if left:
-                self._streams[subject] = left
-            else:
-                del self._streams[subject]
+
+    def release_stream(self, subject: str) -> None:
+        left = self._streams[subject] - 1
+        if left:
+            self._streams[subject] = left
+        else:
+            del self._streams[subject]
 
     def open_streams(self, subject: str) -> int:
         return self._streams.get(subject, 0)

@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(default=30.0, gt=0)
     max_batch_events: int = Field(default=1000, ge=1)
     max_page_size: int = Field(default=1000, ge=1)
+    # WebSocket permessage-deflate: off, because a stream's messages are small JSON, and
+    # its zlib state cost 46 KiB per open socket (docs/ARCHITECTURE.md, "Memory per idle
+    # stream"); on, if bandwidth matters more than memory.
+    ws_deflate: bool = False
     # Per-subscriber bound; on overflow the subscriber reads from the table instead.
     subscriber_queue_size: int = Field(default=256, ge=1)
     # Per subject and per process; 0 turns a limit off.

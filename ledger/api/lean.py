@@ -22,7 +22,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -168,9 +168,10 @@ class LeanRoute(Route):
             return Match.NONE, {}
         return super().matches(scope)
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def handle(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
         scope["route"] = self  # the access log and metrics label by route template
-        await super().handle(scope, receive, send)
+        # Handed on, not awaited: no frame of this method stays for a stream's life.
+        return super().handle(scope, receive, send)
 
 
 def declared_route(app: FastAPI, endpoint: Endpoint) -> Declared:

@@ -1,7 +1,10 @@
 """The app's ASGI middleware: the request body limit and per-request observability.
 
 Plain ASGI (not ``BaseHTTPMiddleware``), so a long-lived stream pays one small wrapper each
-and nothing else.
+and nothing else. A middleware with nothing to do for a request hands it on: its
+``__call__`` is a plain function returning the next app's awaitable, so no frame of its
+own stays suspended for a stream's whole life (each such frame is a few hundred bytes per
+idle stream; docs/ARCHITECTURE.md, "Memory per idle stream").
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Awaitable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -50,10 +54,12 @@ class BodyLimit:
         self.max_bytes = max_bytes
         self.timeout = timeout
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)  # nothing to do here: handed on
+        return self._buffered(scope, receive, send)
+
+    async def _buffered(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(send, 413, f"request body larger than {self.max_bytes} bytes")
@@ -144,10 +150,12 @@ class StrictJson:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)  # nothing to do here: handed on
+        return self._checked(scope, receive, send)
+
+    async def _checked(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The first Content-Type, as Starlette (and so the routes) reads it.
         content_type = next(
             (value for name, value in scope["headers"] if name == b"content-type"), b""

@@ -92,6 +92,7 @@ class FeedResponse(Response):
                     await self._write(send, sse_bytes(item, self.framing))
                     if item.kind is Kind.EVENT:
                         item.count_delivered("sse")
+                    del item  # not held while the stream waits for the next
             except OSError:
                 raise
             except Exception as exc:

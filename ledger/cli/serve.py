@@ -87,6 +87,7 @@ def _serve_one(args: argparse.Namespace, settings: Settings, host: str, port: in
         loop="uvloop",
         http=bounded_http(settings.header_timeout_seconds, settings.max_header_bytes),
         ws=AnsweringWebSocketProtocol,
+        ws_per_message_deflate=settings.ws_deflate,
         log_config=log_config(settings.log_format, settings.log_level),
         access_log=False,
         timeout_graceful_shutdown=10,

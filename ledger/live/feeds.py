@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,9 +20,10 @@ from typing import Any, Self
 from uuid import UUID
 
 from ledger import metrics
-from ledger.domain import CarePair
+from ledger.domain import CarePair, Event
 from ledger.errors import BadRequest
 from ledger.live.hub import Hub
+from ledger.live.releases import Releases
 from ledger.live.sources import GlobalEvents, SessionEvents
 from ledger.live.subscription import Mailbox, Subscription
 from ledger.wire import Encoded, state_json
@@ -131,7 +133,7 @@ class _Feed:
         self._rang = True
         self.sub.wake.set()
 
-    def ends_with(self, stack: contextlib.ExitStack) -> Self:
+    def ends_with(self, stack: Releases) -> Self:
         """Cancel the heartbeat timer when the stream's stack closes, however it ends (the
         timer holds the feed, and with it the subscription, until it rings)."""
         stack.callback(self._stop_timer)
@@ -162,6 +164,7 @@ class SessionFeed(_Feed):
         self.session_id = session_id
         self.clock = clock
         self.last = after
+        self.ended = False  # the last event sent was terminal
         self.first = first
         self.finished = finished
 
@@ -173,7 +176,7 @@ class SessionFeed(_Feed):
         session_id: UUID,
         last_event_id: int | None,
         clock: Clock,
-        stack: contextlib.ExitStack,
+        stack: Releases,
         *,
         access: CarePair | None = None,
     ) -> SessionFeed | None:
@@ -182,7 +185,8 @@ class SessionFeed(_Feed):
         ``access`` is the care assignment the reader relies on, if any: the stream ends when
         it is removed.
         """
-        sub = stack.enter_context(hub.subscribe(session_id, access=access))
+        sub = hub.register(session_id, access=access)
+        stack.callback(functools.partial(hub.unregister, sub))
         head = await events.latest(session_id)
         head_version = head.version if head is not None else 0
 
@@ -205,8 +209,9 @@ class SessionFeed(_Feed):
         return feed(last_event_id, [], finished=False)
 
     async def items(self) -> AsyncIterator[Item]:
-        for item in self.first:
-            yield item
+        # Popped, not iterated: nothing sent stays referenced while the stream idles.
+        while self.first:
+            yield self.first.pop(0)
         if self.finished:
             return
         self.sub.catch_up()  # The replay from `after` comes from the table.
@@ -219,18 +224,18 @@ class SessionFeed(_Feed):
                 pages = self.events.replay(self.session_id, self.last, page_size=CATCHUP_PAGE)
                 async with contextlib.aclosing(pages):
                     async for page in pages:
-                        replayed: list[Encoded] = []
-                        for event in page:
-                            replayed.append(Encoded(event))
-                            if event.is_terminal:
-                                break
-                        yield self._emit(replayed)
+                        item = self._emit(through_terminal(page))
+                        # Deleted, not left bound: a page must not stay referenced by this
+                        # frame while the stream idles.
+                        del page
+                        yield item
+                        del item
                         sent_at = time.monotonic()
-                        if replayed[-1].event.is_terminal or not self._open():
+                        if self.ended or not self._open():
                             return
                 continue
             while self.sub.frames and not self.sub.needs_catchup:
-                encoded = self.sub.frames.popleft()
+                encoded = self.sub.frames.pop(0)
                 version = encoded.event.version
                 if version <= self.last:
                     continue
@@ -252,7 +257,18 @@ class SessionFeed(_Feed):
 
     def _emit(self, encoded: list[Encoded], *, live: bool = False) -> Item:
         self.last = encoded[-1].event.version
+        self.ended = encoded[-1].event.is_terminal
         return Item(Kind.EVENT, tuple(encoded), live=live)
+
+
+def through_terminal(page: list[Event]) -> list[Encoded]:
+    """A page's events up to and including a terminal one (nothing follows the end)."""
+    encoded: list[Encoded] = []
+    for event in page:
+        encoded.append(Encoded(event))
+        if event.is_terminal:
+            break
+    return encoded
 
 
 class GlobalFeed(_Feed):
@@ -273,9 +289,10 @@ class GlobalFeed(_Feed):
         hub: Hub,
         last_event_id: int | None,
         clock: Clock,
-        stack: contextlib.ExitStack,
+        stack: Releases,
     ) -> GlobalFeed:
-        sub = stack.enter_context(hub.subscribe(None))
+        sub = hub.register(None)
+        stack.callback(functools.partial(hub.unregister, sub))
         if last_event_id is None:
             after = await events.tail()
         else:

@@ -75,6 +75,15 @@ class Hub:
 
         ``session_id`` None subscribes to every session (the global stream).
         """
+        sub = self.register(session_id, access=access)
+        try:
+            yield sub
+        finally:
+            self.unregister(sub)
+
+    def register(self, session_id: UUID | None, *, access: CarePair | None = None) -> Subscription:
+        """:meth:`subscribe` for a stream that outlives the caller's block: its release is
+        :meth:`unregister` (a stream holds no generator of its own while it idles)."""
         if self._closing:
             raise Unavailable("the server is shutting down: reconnect to resume")
         sub = Subscription(session_id, self.queue_size, access)
@@ -82,18 +91,19 @@ class Hub:
             self._global.add(sub)
         else:
             self._sessions.setdefault(session_id, set()).add(sub)
-        try:
-            yield sub
-        finally:
-            sub.close()
-            if session_id is None:
-                self._global.discard(sub)
-            else:
-                subs = self._sessions.get(session_id)
-                if subs is not None:
-                    subs.discard(sub)
-                    if not subs:
-                        del self._sessions[session_id]
+        return sub
+
+    def unregister(self, sub: Subscription) -> None:
+        sub.close()
+        session_id = sub.session_id
+        if session_id is None:
+            self._global.discard(sub)
+            return
+        subs = self._sessions.get(session_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._sessions[session_id]
 
     @contextlib.contextmanager
     def subscribe_scoped(

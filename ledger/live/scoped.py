@@ -17,7 +17,6 @@ until the transaction ends, rather than send an id a client cannot hand back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from ledger.live.feeds import (
     _Feed,
 )
 from ledger.live.hub import Hub
+from ledger.live.releases import Releases
 from ledger.live.sources import ScopedEvents
 from ledger.live.subscription import ScopedSubscription
 from ledger.storage.notifications import Mark
@@ -72,7 +72,7 @@ class ScopedFeed(_Feed):
         scope: Scope,
         ids: CursorIds | None,
         clock: Clock,
-        stack: contextlib.ExitStack,
+        stack: Releases,
         *,
         relied: frozenset[str] = frozenset(),
     ) -> ScopedFeed:
@@ -145,7 +145,7 @@ class ScopedFeed(_Feed):
         cursors: list[str] = []
         frames = self.sub.frames
         while frames and not self.sub.needs_catchup:
-            frame = frames.popleft()
+            frame = frames.pop(0)
             if isinstance(frame, Mark):
                 self._advance(frame.xmin, Point(frame.tail_tx, frame.tail))
                 continue

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import Generic, TypeVar
 from uuid import UUID
 
@@ -13,6 +12,47 @@ from ledger.storage.notifications import Mark
 from ledger.wire import Encoded
 
 FrameT = TypeVar("FrameT")
+
+
+class Wake:
+    """``asyncio.Event``'s ``set``, ``clear`` and ``wait`` for a single waiter.
+
+    Every open stream holds one for its whole life; an Event keeps a deque of waiters,
+    whose first block alone is about 600 bytes (docs/ARCHITECTURE.md, "Memory per idle
+    stream"). A stream has one reader, so one future, made while it waits, is enough.
+    """
+
+    __slots__ = ("_flag", "_waiter")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        if self._flag:
+            return
+        self._flag = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._flag = False
+
+    async def wait(self) -> None:
+        if self._flag:
+            return
+        if self._waiter is not None:
+            raise RuntimeError("a stream's wake-up has one waiter")
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        try:
+            await waiter
+        finally:
+            self._waiter = None
 
 
 class Mailbox(Generic[FrameT]):
@@ -26,8 +66,10 @@ class Mailbox(Generic[FrameT]):
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.frames: deque[FrameT] = deque()
-        self.wake = asyncio.Event()
+        # A list, not a deque: a deque's first block is ~600 bytes, held by every idle
+        # stream; the queue is short (it is drained at each wake-up, and bounded).
+        self.frames: list[FrameT] = []
+        self.wake = Wake()
         self.needs_catchup = False
         self.closed = False
         self.revoked = False

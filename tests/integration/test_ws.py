@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -91,3 +92,31 @@ def test_ws_closes_when_the_token_expires(server: LiveServer) -> None:
         assert receive_all(ws) == []  # only heartbeats, until the server closes
         assert ws.close_code == 1008
         assert (ws.close_reason or "").startswith("token expired")
+
+
+def test_ws_compression_is_off_unless_configured(
+    server: LiveServer, module_database_url: str, tmp_path: Path
+) -> None:
+    """A stream's messages are small JSON, and permessage-deflate's zlib state cost 46 KiB
+    per open socket: offered by the client (browsers always offer it), it is declined
+    unless LEDGER_WS_DEFLATE is set."""
+    with server.client() as client:
+        session_id = create_session(client)
+        append(client, session_id, {"status": "queued"})
+    url = ws_url(server, session_id, access_token=token("admin"))
+    with connect(url, compression="deflate") as ws:
+        assert ws.response is not None
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        assert json.loads(ws.recv(timeout=10))["id"] == 1
+    deflating = LiveServer(
+        module_database_url, tmp_path / "deflate", env={"LEDGER_WS_DEFLATE": "true"}
+    ).start()
+    try:
+        url = ws_url(deflating, session_id, access_token=token("admin"))
+        with connect(url, compression="deflate") as ws:
+            assert ws.response is not None
+            extensions = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+            assert "permessage-deflate" in extensions
+            assert json.loads(ws.recv(timeout=10))["id"] == 1
+    finally:
+        deflating.stop()

@@ -14,9 +14,11 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.domain import Status, VersionRange
+from ledger.domain import Event, Status, VersionRange
 from ledger.live.feeds import Clock, GlobalFeed, Item, Kind, SessionFeed
 from ledger.live.hub import Hub
+from ledger.live.releases import Releases
+from ledger.wire import Encoded
 from tests.unit.memory import MemoryLedger
 
 QUIET = Clock(heartbeat=60.0, expires_at=None)
@@ -36,7 +38,7 @@ async def open_feed(
     hub: Hub,
     session: uuid.UUID,
     last_event_id: int | None,
-    stack: contextlib.ExitStack,
+    stack: Releases,
     clock: Clock = QUIET,
 ) -> SessionFeed | None:
     return await SessionFeed.open(ledger, hub, session, last_event_id, clock, stack)
@@ -50,7 +52,7 @@ async def test_a_fresh_stream_starts_with_the_current_state_then_goes_live() -> 
     ledger, session = MemoryLedger(), uuid.uuid4()
     hub = Hub(ledger, ledger, queue_size=16)
     ledger.append(session, Status.QUEUED, Status.TRANSCRIBING)
-    with contextlib.ExitStack() as stack:
+    with Releases() as stack:
         feed = await open_feed(ledger, hub, session, None, stack)
         assert feed is not None
         items = feed.items()
@@ -69,7 +71,7 @@ async def test_a_fresh_stream_starts_with_the_current_state_then_goes_live() -> 
 async def test_a_session_without_events_waits_for_its_first() -> None:
     ledger, session = MemoryLedger(), uuid.uuid4()
     hub = Hub(ledger, ledger, queue_size=16)
-    with contextlib.ExitStack() as stack:
+    with Releases() as stack:
         feed = await open_feed(ledger, hub, session, None, stack)
         assert feed is not None
         items = feed.items()
@@ -85,7 +87,7 @@ async def test_resuming_replays_exactly_what_follows_the_cursor() -> None:
     ledger, session = MemoryLedger(), uuid.uuid4()
     hub = Hub(ledger, ledger, queue_size=16)
     ledger.append(session, *[Status.TRANSCRIBING] * 5)
-    with contextlib.ExitStack() as stack:
+    with Releases() as stack:
         feed = await open_feed(ledger, hub, session, 2, stack)
         assert feed is not None
         assert versions(await next_item(feed.items())) == [3, 4, 5]
@@ -95,7 +97,7 @@ async def test_a_cursor_beyond_the_history_is_answered_with_a_reset() -> None:
     ledger, session = MemoryLedger(), uuid.uuid4()
     hub = Hub(ledger, ledger, queue_size=16)
     ledger.append(session, Status.QUEUED)
-    with contextlib.ExitStack() as stack:
+    with Releases() as stack:
         feed = await open_feed(ledger, hub, session, 9, stack)
         assert feed is not None
         item = await next_item(feed.items())
@@ -109,7 +111,7 @@ async def test_a_client_that_saw_the_end_gets_no_feed() -> None:
     ledger, session = MemoryLedger(), uuid.uuid4()
     hub = Hub(ledger, ledger, queue_size=16)
     ledger.append(session, Status.QUEUED, Status.FAILED)
-    with contextlib.ExitStack() as stack:
+    with Releases() as stack:
         assert await open_feed(ledger, hub, session, 2, stack) is None
         # One event earlier: the terminal event, then the end.
         feed = await open_feed(ledger, hub, session, 1, stack)
@@ -120,7 +122,7 @@ async def test_a_client_that_saw_the_end_gets_no_feed() -> None:
 async def test_silence_sends_a_heartbeat_and_reads_nothing() -> None:
     ledger, session = MemoryLedger(), uuid.uuid4()
     hub = Hub(ledger, ledger, queue_size=16)
-    with contextlib.ExitStack() as stack:
+    with Releases() as stack:
         clock = Clock(heartbeat=0.02, expires_at=None)
         feed = await open_feed(ledger, hub, session, 0, stack, clock)
         assert feed is not None
@@ -139,7 +141,7 @@ async def test_a_busy_stream_keeps_one_heartbeat_timer_and_beats_once_silent() -
     loop = asyncio.get_running_loop()
     armed: list[float] = []
     call_later = loop.call_later
-    with contextlib.ExitStack() as stack:
+    with Releases() as stack:
         clock = Clock(heartbeat=1.0, expires_at=None)
         feed = await open_feed(ledger, hub, session, None, stack, clock)
         assert feed is not None
@@ -170,7 +172,7 @@ async def test_the_heartbeat_timer_goes_with_the_stream() -> None:
     """However a stream ends, closing its stack cancels its timer (which holds the feed)."""
     ledger, session = MemoryLedger(), uuid.uuid4()
     hub = Hub(ledger, ledger, queue_size=16)
-    with contextlib.ExitStack() as stack:
+    with Releases() as stack:
         feed = await open_feed(ledger, hub, session, None, stack)
         assert feed is not None
         resting = asyncio.ensure_future(next_item(feed.items()))
@@ -187,7 +189,7 @@ async def test_the_heartbeat_timer_goes_with_the_stream() -> None:
 async def test_an_expired_token_ends_the_feed() -> None:
     ledger, session = MemoryLedger(), uuid.uuid4()
     hub = Hub(ledger, ledger, queue_size=16)
-    with contextlib.ExitStack() as stack:
+    with Releases() as stack:
         clock = Clock(heartbeat=60.0, expires_at=time.time() + 0.05)
         feed = await open_feed(ledger, hub, session, 0, stack, clock)
         assert feed is not None
@@ -200,7 +202,7 @@ async def test_the_global_feed_follows_every_session_from_its_cursor() -> None:
     hub = Hub(ledger, ledger, queue_size=16)
     a, b = uuid.uuid4(), uuid.uuid4()
     ledger.append(a, Status.QUEUED)
-    with contextlib.ExitStack() as stack:
+    with Releases() as stack:
         feed = await GlobalFeed.open(ledger, hub, 0, QUIET, stack)
         items = feed.items()
         assert [e.event.position for e in (await next_item(items)).events] == [1]
@@ -235,7 +237,7 @@ def test_every_event_arrives_once_in_order_whatever_the_notifications_do(
         hub = Hub(ledger, ledger, queue_size=queue_size)
         delivered: list[int] = []
         late: list[tuple[int, int]] = []
-        with contextlib.ExitStack() as stack:
+        with Releases() as stack:
             feed = await open_feed(ledger, hub, session, start, stack)
             assert feed is not None
 
@@ -265,3 +267,37 @@ def test_every_event_arrives_once_in_order_whatever_the_notifications_do(
     delivered = asyncio.run(scenario())
     total = sum(batches) + 1
     assert delivered == list(range(1, total + 1))
+
+
+def holds_events(value: object) -> bool:
+    """Whether a value is, or directly contains, an event sent to the client."""
+    if isinstance(value, (Item, Encoded, Event)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(isinstance(v, (Item, Encoded, Event)) for v in value)
+    return False
+
+
+async def test_a_resting_stream_holds_nothing_it_has_sent() -> None:
+    """An idle stream's memory is its own (docs/ARCHITECTURE.md, "Memory per idle stream"):
+    once it waits, neither its first message nor the pages of its catch-up stay referenced
+    by the feed or by its suspended frame."""
+    ledger, session = MemoryLedger(), uuid.uuid4()
+    hub = Hub(ledger, ledger, queue_size=16)
+    ledger.append(session, *([Status.TRANSCRIBING] * 40))
+    for start in (None, 0):  # the current state first; a catch-up from the table
+        with Releases() as stack:
+            feed = await open_feed(ledger, hub, session, start, stack)
+            assert feed is not None
+            items = feed.items()
+            first = await next_item(items)
+            assert versions(first)[-1] == 40
+            del first
+            waiting = asyncio.ensure_future(next_item(items))
+            await asyncio.sleep(0.01)  # caught up: resting until the next wake-up
+            assert not waiting.done()
+            frame = items.ag_frame  # type: ignore[attr-defined]
+            held = [name for name, value in frame.f_locals.items() if holds_events(value)]
+            assert held == []
+            assert feed.first == []
+            waiting.cancel()

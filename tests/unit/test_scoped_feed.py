@@ -5,13 +5,13 @@ and the next read delivers it, once."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 
 from ledger.cursor import CursorIds, Point
 from ledger.domain import Scope, Status
 from ledger.live.feeds import CATCHUP_PAGE, Clock, Kind
 from ledger.live.hub import Hub
+from ledger.live.releases import Releases
 from ledger.live.scoped import ScopedFeed
 from ledger.storage.notifications import Mark
 from tests.unit.memory import MemoryLedger, MemoryScoped
@@ -39,7 +39,7 @@ async def replayed_from_the_start(during_page: str) -> tuple[list[tuple[uuid.UUI
     for _ in range(EVENTS):
         ledger.append(session, Status.TRANSCRIBING)
     hub = Hub(ledger, ledger, queue_size=QUEUE, scoped=reads)
-    with contextlib.ExitStack() as stack:
+    with Releases() as stack:
         scope = Scope(sessions=frozenset({session}))
         feed = await ScopedFeed.open(reads, hub, scope, CursorIds(0, ()), QUIET, stack)
         first = True

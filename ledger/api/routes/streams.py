@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
@@ -34,6 +35,7 @@ from ledger.cursor import MAX_CURSOR_LENGTH, parse_cursor
 from ledger.domain import CarePair
 from ledger.errors import BadRequest, Forbidden, LedgerError, TooManyRequests
 from ledger.live.feeds import Clock, GlobalFeed, Item, Kind, SessionFeed, parse_last_event_id
+from ledger.live.releases import Releases
 from ledger.live.scoped import ScopedFeed
 from ledger.live.subscription import Mailbox
 from ledger.logs import Throttled
@@ -81,16 +83,17 @@ STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
 async def opened(
     runtime: Runtime,
     principal: Principal,
-    open_feed: Callable[[contextlib.ExitStack], Awaitable[FeedT]],
-) -> tuple[FeedT, contextlib.ExitStack]:
+    open_feed: Callable[[Releases], Awaitable[FeedT]],
+) -> tuple[FeedT, Releases]:
     """Open a feed whose subscription (and the subject's stream slot) lives in a fresh
     stack, released if opening fails.
 
     On success the stack belongs to the response, which closes it when the stream ends.
     """
-    stack = contextlib.ExitStack()
+    stack = Releases()
     try:
-        stack.enter_context(runtime.quotas.stream(principal.subject))
+        runtime.quotas.take_stream(principal.subject)
+        stack.callback(functools.partial(runtime.quotas.release_stream, principal.subject))
         return await open_feed(stack), stack
     except BaseException:
         stack.close()
@@ -99,7 +102,7 @@ async def opened(
 
 async def open_session_feed(
     runtime: Runtime, principal: Principal, session: SessionRecord, start: int | None
-) -> tuple[SessionFeed | None, contextlib.ExitStack]:
+) -> tuple[SessionFeed | None, Releases]:
     """The session feed both transports use, with the stream's clock and access rule."""
     clock = Clock(runtime.settings.heartbeat_seconds, principal.expires_at)
     return await opened(
@@ -185,7 +188,7 @@ async def events_stream(
 
 async def open_events_feed(
     runtime: Runtime, principal: Principal, scoped: ReaderScope | None, raw: str | None
-) -> tuple[GlobalFeed | ScopedFeed, contextlib.ExitStack]:
+) -> tuple[GlobalFeed | ScopedFeed, Releases]:
     """The all-sessions feed both transports use: global or scoped, from the cursor."""
     clock = Clock(runtime.settings.heartbeat_seconds, principal.expires_at)
     if scoped is None:
@@ -245,7 +248,7 @@ async def events_ws(websocket: WebSocket) -> None:
     await serve_ws(websocket, open_feed)
 
 
-Opened = tuple[SessionFeed | GlobalFeed | ScopedFeed | None, contextlib.ExitStack]
+Opened = tuple[SessionFeed | GlobalFeed | ScopedFeed | None, Releases]
 
 
 def ws_uuid(raw: str) -> UUID:

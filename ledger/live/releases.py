@@ -1,0 +1,54 @@
+"""What an open stream must undo when it ends: its subscription, its subject's slot.
+
+``contextlib.ExitStack`` does this with a deque, whose first block is about 600 bytes, held
+by every stream for its whole life (docs/ARCHITECTURE.md, "Memory per idle stream"); a
+stream holds two or three undo steps, which a list keeps in under a hundred.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+T = TypeVar("T")
+
+
+class Releases:
+    """Undo steps, run last first on :meth:`close` (once; an error in one does not skip
+    the others, and the first error is raised after all have run)."""
+
+    __slots__ = ("_undo",)
+
+    def __init__(self) -> None:
+        self._undo: list[Callable[[], Any]] = []
+
+    def callback(self, undo: Callable[[], Any]) -> None:
+        self._undo.append(undo)
+
+    def enter_context(self, manager: AbstractContextManager[T]) -> T:
+        entered = manager.__enter__()
+        self._undo.append(lambda: manager.__exit__(None, None, None))
+        return entered
+
+    def close(self) -> None:
+        failed: BaseException | None = None
+        while self._undo:
+            try:
+                self._undo.pop()()
+            except BaseException as exc:  # the rest still run
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,45 @@
+"""A stream's undo steps: last first, each once, none skipped by another's failure."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import pytest
+
+from ledger.live.releases import Releases
+
+
+def test_steps_run_last_first_and_only_once() -> None:
+    done: list[str] = []
+
+    @contextlib.contextmanager
+    def held(name: str) -> Iterator[str]:
+        done.append(f"enter {name}")
+        yield name
+        done.append(f"exit {name}")
+
+    with Releases() as releases:
+        assert releases.enter_context(held("slot")) == "slot"
+        releases.callback(lambda: done.append("timer"))
+        assert releases.enter_context(held("subscription")) == "subscription"
+    assert done == [
+        "enter slot",
+        "enter subscription",
+        "exit subscription",
+        "timer",
+        "exit slot",
+    ]
+    releases.close()  # closing again undoes nothing twice
+    assert done.count("exit slot") == 1
+
+
+def test_a_failing_step_does_not_skip_the_others_and_its_error_is_raised() -> None:
+    done: list[str] = []
+    releases = Releases()
+    releases.callback(lambda: done.append("first"))
+    releases.callback(lambda: 1 / 0)
+    releases.callback(lambda: done.append("last"))
+    with pytest.raises(ZeroDivisionError):
+        releases.close()
+    assert done == ["last", "first"]
