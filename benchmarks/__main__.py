@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.growth import growth_figures
 from benchmarks.scenarios import (
     analytics_figures,
     bench_database,
@@ -25,7 +26,7 @@ from ledger.storage.migrations import upgrade
 
 # The groups of scenarios, each of whose figures stands beside its own baselines, so one can
 # run alone (``--only``); the database is seeded and the tree built the same way regardless.
-GROUPS = ("analytics", "streaming", "tree")
+GROUPS = ("analytics", "streaming", "tree", "growth")
 
 
 def run(
@@ -52,6 +53,8 @@ def run(
                     results += streaming_figures(server, url, bench_token(), quick)
                 if "tree" in only:
                     results += tree_figures(settings, server, url, events, build_seconds, quick)
+                if "growth" in only:
+                    results += growth_figures(server, url, quick)
             finally:
                 server.stop()
     write_report(output, quick, results)

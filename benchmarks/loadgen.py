@@ -12,18 +12,23 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import resource
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
+
 RECORDED = b'"recorded_at":"'
 SESSION_STREAM = "/api/sessions/{}/status/stream"
+SESSION_WS = "/api/sessions/{}/status/ws"
 T = TypeVar("T")
 
 
@@ -35,6 +40,48 @@ def cpu_seconds() -> float:
 def raise_fd_limit() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def process_status() -> Iterator[tuple[int, dict[str, str]]]:
+    """Every process's pid and ``/proc/PID/status`` fields (those gone meanwhile skipped)."""
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue  # gone meanwhile
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        yield int(status.parent.name), {k: v.strip() for k, v in fields.items()}
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the workers of ``ledger serve --workers``)."""
+    return sorted(child for child, fields in process_status() if fields.get("PPid") == str(pid))
+
+
+def family(pid: int) -> list[int]:
+    """A process and its children."""
+    return [pid, *children(pid)]
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process and its children."""
+    return sum(
+        int(fields.get("VmRSS", "0 kB").split()[0])
+        for proc, fields in process_status()
+        if proc == pid or fields.get("PPid") == str(pid)
+    )
+
+
+def cpu_of(pid: int) -> float:
+    """CPU seconds (user and system) used so far by a process and its children."""
+    total = 0
+    for proc in family(pid):
+        try:
+            fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -241,13 +288,16 @@ async def appends(
     body = json.dumps([one] * batch if batch > 1 else one).encode()
     counts = [0] * writers
     errors = [0] * writers
+    waits: list[float] = []
     deadline = time.monotonic() + seconds
 
     async def writer(index: int) -> None:
         http = Http(host, port, token)
         path = f"/api/sessions/{sessions[index % len(sessions)]}/events"
         while time.monotonic() < deadline:
+            sent = time.perf_counter()
             status, _ = await http.call("POST", path, body)
+            waits.append(time.perf_counter() - sent)
             if status == 201:
                 counts[index] += batch
             else:
@@ -260,7 +310,25 @@ async def appends(
         "events": sum(counts),
         "errors": sum(errors),
         "events_per_second": sum(counts) / elapsed,
+        "p99_ms": percentile(waits, 0.99) * 1000 if waits else None,
     }
+
+
+async def open_ws(host: str, port: int, path: str, token: str) -> ClientConnection:
+    """A WebSocket stream, open once its handshake is answered (the server subscribes
+    before it accepts); raises ``Refused`` for a refusal, as the SSE openers do."""
+    try:
+        return await connect(
+            f"ws://{host}:{port}{path}",
+            additional_headers={"Authorization": f"Bearer {token}"},
+            ping_interval=None,  # idle means idle: no client pings
+            max_queue=None,
+        )
+    except InvalidStatus as refused:
+        retry_after = refused.response.headers.get("Retry-After", "")
+        raise Refused(
+            str(refused.response.status_code), float(retry_after) if retry_after.isdigit() else None
+        ) from None
 
 
 async def idle(
@@ -271,21 +339,30 @@ async def idle(
     hold: float,
     connections: int = 0,
     readers: list[dict[str, Any]] | None = None,
+    transport: str = "sse",
 ) -> dict[str, Any]:
     """Open the streams (``connections`` session streams, or the ``readers`` given), each
-    until its opening message; hold them, close."""
-    opened = []
-    for stream in readers_of(readers, SESSION_STREAM, token, sessions, connections):
+    until its opening message (over WebSocket, ``transport="ws"``: until the handshake is
+    answered); hold them, close."""
+    closers: list[Callable[[], Any]] = []
+    path = SESSION_WS if transport == "ws" else SESSION_STREAM
+    for stream in readers_of(readers, path, token, sessions, connections):
+        if transport == "ws":
+            socket = await open_admitted(
+                functools.partial(open_ws, host, port, stream.path, stream.token)
+            )
+            closers.append(socket.transport.abort)
+            continue
         reader, writer = await open_admitted(
             functools.partial(open_stream, host, port, stream.path, stream.token)
         )
         await reader.readline()  # the retry hint: the subscription exists
-        opened.append((reader, writer))
-    print(json.dumps({"ready": len(opened)}), flush=True)
+        closers.append(writer.close)
+    print(json.dumps({"ready": len(closers)}), flush=True)
     await asyncio.sleep(hold)
-    for _, writer in opened:
-        writer.close()
-    return {"connections": len(opened)}
+    for close in closers:
+        close()
+    return {"connections": len(closers)}
 
 
 async def latency(
@@ -299,6 +376,9 @@ async def latency(
     subscribers: int = 0,
     readers: list[dict[str, Any]] | None = None,
     target: str = "ledger",
+    server_pid: int | None = None,
+    keep_samples: bool = False,
+    wait_for_go: bool = False,
 ) -> dict[str, Any]:
     """Subscribers over ``sessions`` (``subscribers`` session streams, or pollers every
     ``poll_interval``, or the ``readers`` given); one appender at ``rate`` appends/s, round
@@ -378,11 +458,19 @@ async def latency(
             for i, f in enumerate(followers)
         ]
     await all_ready.wait()
+    if wait_for_go:
+        # Several load generators share one load: each says when its streams are open and
+        # appends once told (a line on its stdin) that every one of them is.
+        print(json.dumps({"ready": len(ready)}), flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
     await asyncio.sleep(1)
     http = Http(host, port, token)
     body = json.dumps({"status": "transcribing", "progress": 1}).encode()
     appended = dict.fromkeys(sessions, 0)
     sent = 0
+    # The server's memory with every stream open and idle, and its CPU from here on.
+    rss_open = rss_kib(server_pid) if server_pid else None
+    cpu_before = cpu_of(server_pid) if server_pid else 0.0
     since[0] = time.time()
     started = time.monotonic()
     while time.monotonic() - started < seconds:
@@ -397,6 +485,7 @@ async def latency(
         sent += 1
         await asyncio.sleep(max(0.0, started + sent / rate - time.monotonic()))
     await asyncio.sleep(poll_interval or 1.0)
+    server_cpu = cpu_of(server_pid) - cpu_before if server_pid else None
     stop.set()
     for task in tasks:
         task.cancel()
@@ -416,6 +505,9 @@ async def latency(
         ),
         "p50_ms": statistics.median(millis) if millis else None,
         "p99_ms": percentile(millis, 0.99) if millis else None,
+        "server_rss_kib_open": rss_open,
+        "server_cpu_seconds": server_cpu,
+        **({"samples_ms": millis} if keep_samples else {}),
     }
 
 

@@ -29,15 +29,14 @@ from typing import Any
 import httpx
 import psycopg
 
+from benchmarks.loadgen import children, rss_kib
 from benchmarks.scenarios import (
     CHECKOUT,
     Figure,
     bench_database,
     bench_server,
     bench_token,
-    children,
     console,
-    rss_kib,
     write_report,
 )
 from ledger.settings import Settings, get_settings

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,6 +25,7 @@ from ledger.settings import Settings
 from ledger.storage.database import libpq_url, sqlalchemy_url
 from ledger.testing import ServerProcess
 
+CHECKOUT = Path(__file__).resolve().parents[1]
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 TEST_SETTINGS = Settings(jwt_secret=JWT_SECRET)
 VERIFIER = TokenVerifier(TEST_SETTINGS, load_keys(TEST_SETTINGS))
@@ -391,3 +396,28 @@ def stream_status(base_url: str, path: str) -> int:
         client.stream("GET", path, headers=auth("admin", "storm")) as response,
     ):
         return response.status_code
+
+
+def run_benchmark(database_url: str, module: str, *args: str) -> str:
+    """``python -m <module> <args>`` as a user runs it, against ``database_url``; its
+    output, once it has succeeded."""
+    env = {**os.environ, "LEDGER_DATABASE_URL": database_url, "COLUMNS": "160"}
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=CHECKOUT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def quick_bench(database_url: str, output: Path, *groups: str) -> dict[str, Any]:
+    """``python -m benchmarks --quick`` over ``groups`` (``--only``): its report."""
+    only = [option for group in groups for option in ("--only", group)]
+    stdout = run_benchmark(database_url, "benchmarks", "--quick", "--output", str(output), *only)
+    report: dict[str, Any] = json.loads(output.read_text())
+    report["stdout"] = stdout
+    return report

@@ -4,33 +4,20 @@ judged)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from benchmarks import nchan
-
-CHECKOUT = Path(__file__).resolve().parents[2]
+from benchmarks.__main__ import GROUPS
+from tests.support import quick_bench, run_benchmark
 
 
 # The subprocess's own bound, not the suite's 120 s: a slow host takes more than two minutes.
 @pytest.mark.timeout(300)
 def test_bench_quick_writes_a_report(pg_server_url: str, tmp_path: Path) -> None:
-    output = tmp_path / "bench-results.json"
-    env = {**os.environ, "LEDGER_DATABASE_URL": pg_server_url, "COLUMNS": "160"}
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--output", str(output)],
-        cwd=CHECKOUT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    report = json.loads(output.read_text())
+    groups = [group for group in GROUPS if group != "growth"]  # growth: its own module
+    report = quick_bench(pg_server_url, tmp_path / "bench-results.json", *groups)
     assert report["quick"] is True
     assert report["machine"]["cores"] >= 1
     metrics = {r["metric"] for r in report["results"]}
@@ -55,26 +42,25 @@ def test_bench_quick_writes_a_report(pg_server_url: str, tmp_path: Path) -> None
         ratios = [r["notes"].get("nchan_ratio") for r in scoped if r["unit"] == "ms"]
         assert len(ratios) == 2
         assert all(ratio is not None and ratio > 0 for ratio in ratios)
-    assert "analytics over 100,000 events" in done.stdout
+    assert "analytics over 100,000 events" in report["stdout"]
+    # Idle streams over both transports, each measured on a server that served the fan-out.
+    idle = [r for r in report["results"] if r["metric"] == "server memory per connection"]
+    assert {r["scenario"].split(" idle ")[1] for r in idle} >= {
+        "SSE connections",
+        "WebSocket streams",
+    }
 
 
 @pytest.mark.timeout(300)
 def test_a_short_soak_counts_every_delivery_exactly(pg_server_url: str, tmp_path: Path) -> None:
     """``make soak`` in miniature: a worker killed halfway, nothing lost or doubled."""
     output = tmp_path / "soak.json"
-    env = {**os.environ, "LEDGER_DATABASE_URL": pg_server_url, "COLUMNS": "160"}
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "benchmarks.soak", "--streams", "300", "--sessions", "30"),
-            *("--seconds", "6", "--rate", "40", "--after-seconds", "1", "--output", str(output)),
-        ],
-        cwd=CHECKOUT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    run_benchmark(
+        pg_server_url,
+        "benchmarks.soak",
+        *("--streams", "300", "--sessions", "30", "--seconds", "6", "--rate", "40"),
+        *("--after-seconds", "1", "--output", str(output)),
     )
-    assert done.returncode == 0, done.stderr
     soak = json.loads(output.read_text())["soak"]
     assert soak["fault"] == "kill-worker"
     assert soak["deliveries_expected"] == soak["deliveries_received"] > 300
