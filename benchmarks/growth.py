@@ -24,7 +24,9 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -65,47 +67,16 @@ def shared_latency(
     streams: int,
     seconds: float,
     server_pid: int | None,
+    per_process: int,
 ) -> dict[str, Any]:
-    """The latency load of ``streams`` session streams over ``sessions``, split over as
-    many load generators as the descriptor limit needs; merged, with the server's RSS once
+    """The latency load of ``streams`` session streams over ``sessions``, split over load
+    generators of at most ``per_process`` streams; merged, with the server's RSS once
     every stream is open and its CPU over the appends (read by the first generator)."""
-    parts = max(1, math.ceil(streams / streams_per_process()))
-    runs = []
-    for k in range(parts):
-        params = {
-            **base,
-            "sessions": sessions[k::parts],
-            "subscribers": streams // parts,
-            "rate": RATE / parts,
-            "seconds": seconds,
-            "poll_interval": None,
-            "keep_samples": True,
-            "wait_for_go": True,
-            "server_pid": server_pid if k == 0 else None,
-        }
-        runs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.loadgen", "latency", json.dumps(params)],
-                cwd=CHECKOUT,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
+    parts = max(1, math.ceil(streams / per_process))
+    with tempfile.TemporaryDirectory(prefix="ledger-growth-") as tmp:
+        results, rss_open = run_together(
+            base, sessions, streams, seconds, server_pid, parts, Path(tmp)
         )
-    for run in runs:
-        assert run.stdout is not None
-        run.stdout.readline()  # {"ready": N}: this generator's streams are open
-    rss_open = rss_kib(server_pid) if server_pid else None
-    for run in runs:
-        assert run.stdin is not None
-        run.stdin.write("go\n")
-        run.stdin.flush()
-    results = []
-    for run in runs:
-        out, _ = run.communicate()
-        if run.returncode != 0:
-            raise RuntimeError(f"a load generator failed ({run.returncode})")
-        results.append(json.loads(out.strip().splitlines()[-1]))
     samples = [sample for result in results for sample in result.pop("samples_ms")]
     merged: dict[str, Any] = {
         key: sum(result[key] or 0 for result in results)
@@ -124,10 +95,62 @@ def shared_latency(
     return merged
 
 
+def run_together(
+    base: dict[str, Any],
+    sessions: list[str],
+    streams: int,
+    seconds: float,
+    server_pid: int | None,
+    parts: int,
+    tmp: Path,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """``parts`` load generators sharing one load, appending once all their streams are
+    open: their results, and the server's RSS at that moment."""
+    runs = []
+    for k in range(parts):
+        params = {
+            **base,
+            "sessions": sessions[k::parts],
+            "subscribers": streams // parts,
+            "rate": RATE / parts,
+            "seconds": seconds,
+            "poll_interval": None,
+            "keep_samples": True,
+            "wait_for_go": True,
+            "server_pid": server_pid if k == 0 else None,
+            # Tens of thousands of samples: through a pipe they came back cut at 64 KiB.
+            "result_path": str(tmp / f"{k}.json"),
+        }
+        runs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.loadgen", "latency", json.dumps(params)],
+                cwd=CHECKOUT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
+    for run in runs:
+        assert run.stdout is not None
+        run.stdout.readline()  # {"ready": N}: this generator's streams are open
+    rss_open = rss_kib(server_pid) if server_pid else None
+    for run in runs:
+        assert run.stdin is not None
+        run.stdin.write("go\n")
+        run.stdin.flush()
+    for run in runs:
+        run.communicate()
+        if run.returncode != 0:
+            raise RuntimeError(f"a load generator failed ({run.returncode})")
+    return [json.loads((tmp / f"{k}.json").read_text()) for k in range(parts)], rss_open
+
+
 def stream_figures(server: ServerProcess, quick: bool) -> list[Figure]:
     seconds = measuring_seconds(quick)
     scale = 100 if quick else 1  # --quick proves the scenario runs, at 10 to 200 streams
     points = [count // scale for count in STREAMS]
+    # --quick splits its largest point too, so that the merging runs wherever it does.
+    per_process = 150 if quick else streams_per_process()
     grown = ServerProcess(
         server.database_url,
         server.data_dir / "growth",
@@ -149,8 +172,8 @@ def stream_figures(server: ServerProcess, quick: bool) -> list[Figure]:
             settle(grown)
             time.sleep(2)  # a trim round: what the last point freed is given back
             before = rss_kib(grown.process.pid)
-            ours = shared_latency(base, sessions, count, seconds, grown.process.pid)
-            theirs = nchan_point(sessions, count, seconds)
+            ours = shared_latency(base, sessions, count, seconds, grown.process.pid, per_process)
+            theirs = nchan_point(sessions, count, seconds, per_process)
             # 10,000 streams over 1,000 sessions: the issue's target within 5x of Nchan.
             ratio_point = count == points[STREAMS.index(10_000)]
             figures += point_figures(count, len(sessions), ours, theirs, before, ratio_point)
@@ -159,13 +182,15 @@ def stream_figures(server: ServerProcess, quick: bool) -> list[Figure]:
     return figures
 
 
-def nchan_point(sessions: list[str], count: int, seconds: float) -> dict[str, Any] | None:
-    """Nchan under the same load, when installed and one worker can hold the streams."""
+def nchan_point(
+    sessions: list[str], count: int, seconds: float, per_process: int
+) -> dict[str, Any] | None:
+    """Nchan under the same load, when installed and its one worker can hold the streams."""
     if not nchan.available() or count > streams_per_process():
         return None
     with nchan.Nchan() as hub:
         base = {"host": "127.0.0.1", "port": hub.port, "token": "", "target": "nchan"}
-        return shared_latency(base, sessions, count, seconds, None)
+        return shared_latency(base, sessions, count, seconds, None, per_process)
 
 
 def point_figures(
