@@ -117,6 +117,9 @@ def run_together(
             "poll_interval": None,
             "keep_samples": True,
             "wait_for_go": True,
+            # 20,000 opening at once take about two minutes here, the server shedding the
+            # storm with 503 and Retry-After (LEDGER_MAX_OPENING_STREAMS): a client waits.
+            "open_patience": 900.0,
             "server_pid": server_pid if k == 0 else None,
             # Tens of thousands of samples: through a pipe they came back cut at 64 KiB.
             "result_path": str(tmp / f"{k}.json"),

@@ -379,6 +379,7 @@ async def latency(
     server_pid: int | None = None,
     keep_samples: bool = False,
     wait_for_go: bool = False,
+    open_patience: float = 120.0,
 ) -> dict[str, Any]:
     """Subscribers over ``sessions`` (``subscribers`` session streams, or pollers every
     ``poll_interval``, or the ``readers`` given); one appender at ``rate`` appends/s, round
@@ -422,7 +423,8 @@ async def latency(
                     stream.path,
                     stream.token,
                     functools.partial(sample, index),
-                )
+                ),
+                open_patience,
             )
         except (OSError, Refused):
             failed[0] += 1  # the run goes on; its reader is not complete

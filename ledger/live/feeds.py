@@ -164,7 +164,7 @@ class SessionFeed(_Feed):
         self.session_id = session_id
         self.clock = clock
         self.last = after
-        self.ended = False  # the last event sent was terminal
+        self.ended = False  # the last event of ``_emit`` was terminal (``first`` aside)
         self.first = first
         self.finished = finished
 
@@ -244,7 +244,7 @@ class SessionFeed(_Feed):
                     break
                 yield self._emit([encoded], live=True)
                 sent_at = time.monotonic()
-                if encoded.event.is_terminal:
+                if self.ended:
                     return
             if self.sub.needs_catchup or not self._open():
                 continue
@@ -315,7 +315,9 @@ class GlobalFeed(_Feed):
                         yield Item(Kind.EVENT, tuple(Encoded(event) for event in page.events))
                         sent_at = time.monotonic()
                     held_back = page.held_back
-                    if len(page.events) < CATCHUP_PAGE or not self._open():
+                    full = len(page.events) == CATCHUP_PAGE
+                    del page  # not held while the stream rests
+                    if not full or not self._open():
                         break
                 continue
             self.sub.wake.clear()

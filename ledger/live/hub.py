@@ -110,17 +110,28 @@ class Hub:
         self, scope: Scope, *, relied: frozenset[str] = frozenset()
     ) -> Iterator[ScopedSubscription]:
         """Register a scoped stream (by its sessions and patients) before it reads."""
+        sub = self.register_scoped(scope, relied=relied)
+        try:
+            yield sub
+        finally:
+            self.unregister_scoped(sub)
+
+    def register_scoped(
+        self, scope: Scope, *, relied: frozenset[str] = frozenset()
+    ) -> ScopedSubscription:
+        """:meth:`subscribe_scoped` for a stream that outlives the caller's block, released
+        by :meth:`unregister_scoped`."""
         if self._closing:
             raise Unavailable("the server is shutting down: reconnect to resume")
         sub = ScopedSubscription(scope, self.queue_size, relied=relied)
         self.routes.add(sub)
         if self.scoped is not None and (self._marking is None or self._marking.done()):
             self._marking = asyncio.create_task(self._mark_while_needed(), name="ledger-marks")
-        try:
-            yield sub
-        finally:
-            sub.close()
-            self.routes.discard(sub)
+        return sub
+
+    def unregister_scoped(self, sub: ScopedSubscription) -> None:
+        sub.close()
+        self.routes.discard(sub)
 
     def follow(self, sub: ScopedSubscription, patients: set[str]) -> None:
         """A scoped stream follows exactly these patients' sessions from now on."""

@@ -16,8 +16,9 @@ T = TypeVar("T")
 
 
 class Releases:
-    """Undo steps, run last first on :meth:`close` (once; an error in one does not skip
-    the others, and the first error is raised after all have run)."""
+    """Undo steps, run last first on :meth:`close` (once). An error in one does not skip
+    the others; as with ``ExitStack``, the last error is raised after all have run, with
+    the earlier ones as its context."""
 
     __slots__ = ("_undo",)
 
@@ -38,7 +39,9 @@ class Releases:
             try:
                 self._undo.pop()()
             except BaseException as exc:  # the rest still run
-                failed = failed or exc
+                if failed is not None and exc.__context__ is None:
+                    exc.__context__ = failed
+                failed = exc
         if failed is not None:
             raise failed
 

@@ -17,6 +17,7 @@ until the transaction ends, rather than send an id a client cannot hand back.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -77,7 +78,8 @@ class ScopedFeed(_Feed):
         relied: frozenset[str] = frozenset(),
     ) -> ScopedFeed:
         """Start from ``ids`` (a cursor handed back) or, without one, from now."""
-        sub = stack.enter_context(hub.subscribe_scoped(scope, relied=relied))
+        sub = hub.register_scoped(scope, relied=relied)
+        stack.callback(functools.partial(hub.unregister_scoped, sub))
         await cls._follow_assigned(reads, hub, sub)
         if ids is not None:
             resolved = await reads.resolve(ids)
@@ -111,6 +113,7 @@ class ScopedFeed(_Feed):
             if self.sub.needs_catchup:
                 async for item in self._catch_up():
                     yield item
+                    del item  # nothing sent stays referenced while the stream rests
                     sent_at = time.monotonic()
                 continue
             if self.held:
@@ -123,6 +126,7 @@ class ScopedFeed(_Feed):
             if live is not None:
                 yield live
                 sent_at = time.monotonic()
+            del live
             if self.sub.needs_catchup or self.held or not self._open():
                 continue
             self.sub.wake.clear()

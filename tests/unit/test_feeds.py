@@ -296,8 +296,21 @@ async def test_a_resting_stream_holds_nothing_it_has_sent() -> None:
             waiting = asyncio.ensure_future(next_item(items))
             await asyncio.sleep(0.01)  # caught up: resting until the next wake-up
             assert not waiting.done()
-            frame = items.ag_frame  # type: ignore[attr-defined]
-            held = [name for name, value in frame.f_locals.items() if holds_events(value)]
-            assert held == []
+            assert resting_frame_holds(items) == []
             assert feed.first == []
             waiting.cancel()
+    with Releases() as stack:  # the global stream, after a catch-up from its cursor
+        every = await GlobalFeed.open(ledger, hub, 0, QUIET, stack)
+        items = every.items()
+        assert [e.event.version for e in (await next_item(items)).events][-1] == 40
+        waiting = asyncio.ensure_future(next_item(items))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        assert resting_frame_holds(items) == []
+        waiting.cancel()
+
+
+def resting_frame_holds(items: AsyncIterator[Item]) -> list[str]:
+    """The names by which a suspended feed's frame still refers to something it sent."""
+    frame = items.ag_frame  # type: ignore[attr-defined]
+    return [name for name, value in frame.f_locals.items() if holds_events(value)]

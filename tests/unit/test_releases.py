@@ -43,3 +43,13 @@ def test_a_failing_step_does_not_skip_the_others_and_its_error_is_raised() -> No
     with pytest.raises(ZeroDivisionError):
         releases.close()
     assert done == ["last", "first"]
+
+
+def test_of_several_errors_the_last_is_raised_with_the_earlier_as_its_context() -> None:
+    releases = Releases()
+    missing: dict[str, int] = {}
+    releases.callback(lambda: missing["key"])  # runs last
+    releases.callback(lambda: 1 / 0)  # runs first
+    with pytest.raises(KeyError) as raised:
+        releases.close()
+    assert isinstance(raised.value.__context__, ZeroDivisionError)

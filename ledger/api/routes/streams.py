@@ -300,15 +300,14 @@ async def serve_ws(
         try:
             async for item in feed.items():
                 if global_ids and item.kind is Kind.EVENT:
-                    messages = [encoded.global_ws() for encoded in item.events]
+                    await send_texts(websocket, [encoded.global_ws() for encoded in item.events])
                 else:
-                    messages = ws_messages(item)
-                for message in messages:
-                    await websocket.send_text(message)
+                    await send_texts(websocket, ws_messages(item))
                 if item.kind is Kind.EVENT:
                     if ends and item.events[-1].event.is_terminal:
                         close_code, reason = 1000, "complete"
                     item.count_delivered("ws")
+                del item  # not held while the stream waits for the next
             if close_code != 1000 and feed.sub.revoked:
                 close_code, reason = 1008, "access revoked"
             elif close_code != 1000 and feed.clock.expired():
@@ -325,6 +324,12 @@ async def serve_ws(
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             metrics.SUBSCRIBERS.labels("ws").dec()
+
+
+async def send_texts(websocket: WebSocket, messages: list[str]) -> None:
+    """In a frame of its own, so that nothing sent stays referenced by the stream's."""
+    for message in messages:
+        await websocket.send_text(message)
 
 
 def assignment(principal: Principal, patient_id: str) -> CarePair | None:
