@@ -84,6 +84,7 @@ def shared_latency(
     }
     merged.update(
         failed_opens=sum(r["failed_opens"] for r in results),
+        failed_open_reasons=[r["failed_open_reasons"] for r in results],
         unreadable_lines=sum(r["unreadable_lines"] for r in results),
         p50_ms=statistics.median(samples) if samples else None,
         p99_ms=percentile(samples, 0.99) if samples else None,

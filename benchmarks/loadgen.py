@@ -156,6 +156,10 @@ def refusal(status_line: bytes, headers: list[bytes]) -> Refused | None:
     """None for a 200; else the refusal, with the server's ``Retry-After`` if it gave one."""
     if status_line.split()[1:2] == [b"200"]:
         return None
+    if not status_line:
+        # Closed before any answer: the listen backlog overflowed under a storm of opens
+        # (twenty thousand at once); a browser's EventSource reconnects, and so does this.
+        return Refused("connection closed", retry_after=1.0)
     retry_after: float | None = None
     for line in headers:
         name, _, value = line.partition(b":")
@@ -211,7 +215,8 @@ class Receipts(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.opened.done():
-            self.opened.set_result(Refused("connection closed"))
+            # Closed before the head: retried, as in refusal().
+            self.opened.set_result(Refused("connection closed", retry_after=1.0))
 
     def close(self) -> None:
         if self.transport is not None:
@@ -235,8 +240,10 @@ async def open_receipts(
 
 async def open_admitted(opening: Callable[[], Awaitable[T]], patience: float = 120.0) -> T:
     """Open a stream, coming back after the server's ``Retry-After`` while it sheds a storm
-    of opens (LEDGER_MAX_OPENING_STREAMS), as a well-behaved client does; for ``patience``
-    seconds, then the refusal is raised (a server that never lets it in)."""
+    of opens (LEDGER_MAX_OPENING_STREAMS), or after a second when the connection itself
+    failed (ten thousand connecting at once overflow the listen backlog: reset or refused),
+    as a well-behaved client (EventSource) does; for ``patience`` seconds, then the refusal
+    or the error is raised (a server that never lets it in)."""
     deadline = time.monotonic() + patience
     while True:
         try:
@@ -245,6 +252,10 @@ async def open_admitted(opening: Callable[[], Awaitable[T]], patience: float = 1
             if refused.retry_after is None or time.monotonic() > deadline:
                 raise
             await asyncio.sleep(refused.retry_after)
+        except (ConnectionError, TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1.0)
 
 
 @dataclass(frozen=True)
@@ -395,6 +406,7 @@ async def latency(
     samples: list[float] = []
     received = [0] * len(followers)
     failed, unreadable = [0], [0]  # streams that did not open; data lines without a time
+    why: dict[str, int] = {}  # what stopped the streams that did not open
     stop = asyncio.Event()
     since = [float("inf")]  # only events appended by this run count (not a stream's first state)
 
@@ -426,8 +438,10 @@ async def latency(
                 ),
                 open_patience,
             )
-        except (OSError, Refused):
+        except (OSError, Refused) as exc:
             failed[0] += 1  # the run goes on; its reader is not complete
+            reason = str(exc) if isinstance(exc, Refused) else type(exc).__name__
+            why[reason] = why.get(reason, 0) + 1
             arrived()
             return
         arrived()
@@ -501,6 +515,7 @@ async def latency(
         "expected": sum(owed) if streaming else None,
         "readers": len(followers),
         "failed_opens": failed[0],
+        "failed_open_reasons": why,
         "unreadable_lines": unreadable[0],
         "readers_complete": (
             sum(got == due for got, due in zip(received, owed, strict=True)) if streaming else None
