@@ -65,10 +65,11 @@ def family(pid: int) -> list[int]:
 
 def rss_kib(pid: int) -> int:
     """Resident memory of a process and its children."""
+    members = set(family(pid))
     return sum(
         int(fields.get("VmRSS", "0 kB").split()[0])
         for proc, fields in process_status()
-        if proc == pid or fields.get("PPid") == str(pid)
+        if proc in members
     )
 
 
@@ -484,8 +485,7 @@ async def latency(
     body = json.dumps({"status": "transcribing", "progress": 1}).encode()
     appended = dict.fromkeys(sessions, 0)
     sent = 0
-    # The server's memory with every stream open and idle, and its CPU from here on.
-    rss_open = rss_kib(server_pid) if server_pid else None
+    # The server's CPU from here on.
     cpu_before = cpu_of(server_pid) if server_pid else 0.0
     since[0] = time.time()
     started = time.monotonic()
@@ -522,7 +522,6 @@ async def latency(
         ),
         "p50_ms": statistics.median(millis) if millis else None,
         "p99_ms": percentile(millis, 0.99) if millis else None,
-        "server_rss_kib_open": rss_open,
         "server_cpu_seconds": server_cpu,
         **({"samples_ms": millis} if keep_samples else {}),
     }

@@ -164,7 +164,6 @@ class SessionFeed(_Feed):
         self.session_id = session_id
         self.clock = clock
         self.last = after
-        self.ended = False  # the last event of ``_emit`` was terminal (``first`` aside)
         self.first = first
         self.finished = finished
 
@@ -225,13 +224,14 @@ class SessionFeed(_Feed):
                 async with contextlib.aclosing(pages):
                     async for page in pages:
                         item = self._emit(through_terminal(page))
+                        ended = item.events[-1].event.is_terminal
                         # Deleted, not left bound: a page must not stay referenced by this
                         # frame while the stream idles.
                         del page
                         yield item
                         del item
                         sent_at = time.monotonic()
-                        if self.ended or not self._open():
+                        if ended or not self._open():
                             return
                 continue
             while self.sub.frames and not self.sub.needs_catchup:
@@ -244,7 +244,7 @@ class SessionFeed(_Feed):
                     break
                 yield self._emit([encoded], live=True)
                 sent_at = time.monotonic()
-                if self.ended:
+                if encoded.event.is_terminal:
                     return
             if self.sub.needs_catchup or not self._open():
                 continue
@@ -257,7 +257,6 @@ class SessionFeed(_Feed):
 
     def _emit(self, encoded: list[Encoded], *, live: bool = False) -> Item:
         self.last = encoded[-1].event.version
-        self.ended = encoded[-1].event.is_terminal
         return Item(Kind.EVENT, tuple(encoded), live=live)
 
 

@@ -8,11 +8,8 @@ stream holds two or three undo steps, which a list keeps in under a hundred.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Any, Self, TypeVar
-
-T = TypeVar("T")
+from typing import Any, Self
 
 
 class Releases:
@@ -27,11 +24,6 @@ class Releases:
 
     def callback(self, undo: Callable[[], Any]) -> None:
         self._undo.append(undo)
-
-    def enter_context(self, manager: AbstractContextManager[T]) -> T:
-        entered = manager.__enter__()
-        self._undo.append(lambda: manager.__exit__(None, None, None))
-        return entered
 
     def close(self) -> None:
         failed: BaseException | None = None
