@@ -13,7 +13,7 @@ from ledger.api import docs, errors, lean
 from ledger.api.admission import OpeningGate
 from ledger.api.middleware import BodyLimit, Observe, StrictJson
 from ledger.api.openapi import refine_openapi
-from ledger.api.routes import LEAN, ROUTERS, dashboard
+from ledger.api.routes import LEAN, LEAN_SOCKETS, ROUTERS, dashboard
 from ledger.runtime import running
 from ledger.settings import Settings, get_settings
 
@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     lean.install(app, LEAN)
     dashboard.install(app)
     docs.install(app)
+    app.add_middleware(lean.LeanSockets, routes=lean.socket_routes(app, LEAN_SOCKETS))
     app.add_middleware(StrictJson)  # inside the limit: it reads the buffered body
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_seconds

@@ -28,11 +28,12 @@ from typing import Any
 from uuid import UUID
 
 from fastapi import FastAPI
-from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.routing import APIRoute, APIWebSocketRoute, iter_route_contexts
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Match, Route
+from starlette.routing import BaseRoute, Match, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from ledger.api.middleware import PARSED_JSON, replaying
 
@@ -72,12 +73,16 @@ class Lean:
         return await self.endpoint(**found)
 
 
-def path_uuid(request: Request, name: str) -> UUID:
-    """A path parameter in the canonical form (any other spelling: FastAPI decides)."""
-    raw: str = request.path_params[name]
+def canonical_uuid(raw: str) -> UUID:
+    """A UUID in the canonical form (any other spelling: FastAPI decides)."""
     if not CANONICAL_UUID.fullmatch(raw):
         raise Decline
     return UUID(raw)
+
+
+def path_uuid(request: Request, name: str) -> UUID:
+    """A path parameter in the canonical form."""
+    return canonical_uuid(request.path_params[name])
 
 
 def header(
@@ -174,27 +179,29 @@ class LeanRoute(Route):
         return super().handle(scope, receive, send)
 
 
-def declared_route(app: FastAPI, endpoint: Endpoint) -> Declared:
-    """The one FastAPI route whose endpoint is this function."""
+def declared_route(
+    app: FastAPI, endpoint: Callable[..., Any], kind: type[BaseRoute] = APIRoute
+) -> Declared:
+    """The one FastAPI route (of this ``kind``) whose endpoint is this function."""
     found = [
         Declared(
             path=str(context.path),
-            methods=frozenset(context.methods or ()),
+            methods=frozenset(getattr(context, "methods", None) or ()),
             dependencies=tuple(context.dependencies),
         )
         for context in iter_route_contexts(app.routes)
-        if isinstance(context.original_route, APIRoute) and context.endpoint is endpoint
+        if isinstance(context.original_route, kind) and context.endpoint is endpoint
     ]
     if len(found) != 1:
         raise RuntimeError(f"{endpoint.__qualname__} is declared by {len(found)} routes, not 1")
     return found[0]
 
 
-def check(binding: Lean, declared: Declared) -> None:
+def check(binding: Lean | LeanSocket, declared: Declared) -> None:
     """Refuse a binding that does not find exactly what the declared route would pass."""
     name = binding.endpoint.__qualname__
     wanted = set(inspect.signature(binding.endpoint).parameters)
-    supplied = set(binding.find)
+    supplied = set(binding.find) | ({"websocket"} if isinstance(binding, LeanSocket) else set())
     if wanted != supplied:
         raise RuntimeError(
             f"the lean route of {name} finds {sorted(supplied)}, but the endpoint takes "
@@ -212,3 +219,60 @@ def install(app: FastAPI, bindings: list[Lean]) -> None:
         check(binding, declared)
         lean.append(LeanRoute(declared, binding.serve, app.router))
     app.router.routes[:0] = lean
+
+
+@dataclass(frozen=True)
+class LeanSocket:
+    """A WebSocket endpoint served lean: it is passed the connection as ``websocket``, and
+    each path parameter parsed by its function (which may raise :class:`Decline`)."""
+
+    endpoint: Callable[..., Awaitable[None]]
+    find: Mapping[str, Callable[[str], Any]]
+
+
+SocketRoutes = list[tuple[WebSocketRoute, LeanSocket]]
+
+
+class LeanSockets:
+    """Middleware, innermost of the app's own: serves the bound WebSocket routes in front
+    of Starlette's exception middleware, FastAPI's exit stacks and the router.
+
+    Nothing those layers do applies to a WebSocket stream (no body; the endpoint answers
+    every refusal and error itself), but each keeps a suspended frame for the socket's
+    whole life: with FastAPI's dependency solving, about 4 KiB of every idle WebSocket
+    (docs/ARCHITECTURE.md, "Memory per idle stream"). A path parameter that is not in its
+    regular form declines before anything is read, and the declared route answers.
+    """
+
+    def __init__(self, app: ASGIApp, *, routes: SocketRoutes) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            for route, binding in self.routes:
+                match, child = route.matches(scope)
+                if match is not Match.FULL:
+                    continue
+                try:
+                    found = {
+                        name: parse(child["path_params"][name])
+                        for name, parse in binding.find.items()
+                    }
+                except Decline:
+                    break
+                scope.update(child)
+                scope["route"] = route  # the access log and metrics label by route template
+                await binding.endpoint(WebSocket(scope, receive, send), **found)
+                return
+        await self.app(scope, receive, send)
+
+
+def socket_routes(app: FastAPI, bindings: list[LeanSocket]) -> SocketRoutes:
+    """Each binding with a route matching its declared WebSocket route's path."""
+    routes: SocketRoutes = []
+    for binding in bindings:
+        declared = declared_route(app, binding.endpoint, APIWebSocketRoute)
+        check(binding, declared)
+        routes.append((WebSocketRoute(declared.path, binding.endpoint), binding))
+    return routes

@@ -18,6 +18,8 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from ledger.waiting import Inbox, Wake
+
 
 def _refusal(status: int, reason: str) -> bytes:
     body = f'{{"detail":"{reason}"}}'.encode()
@@ -141,8 +143,24 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
 
 class AnsweringWebSocketProtocol(WebSocketsSansIOProtocol):
-    """Writes the refusal of a handshake that websockets could not accept, and does not
-    call a refusal that the app sent (``send_denial_response``) an incomplete handshake."""
+    """Writes the refusal of a handshake that websockets could not accept, does not call a
+    refusal that the app sent (``send_denial_response``) an incomplete handshake, and holds
+    less for each open socket.
+
+    uvicorn's receive queue and write flag (an ``asyncio.Queue`` and ``Event``: four
+    deques) become their deque-less stand-ins, and the parsed handshake request and its
+    response are dropped once the handshake is answered (nothing reads them after; the
+    scope keeps its own copy of the headers): about 8 KiB of each idle WebSocket
+    (docs/ARCHITECTURE.md, "Memory per idle stream").
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Only put_nowait, get and empty of the queue, and set, clear and wait of the flag,
+        # are used (tests/unit/test_waiting.py holds them to asyncio's behaviour).
+        self.queue = Inbox()  # type: ignore[assignment]
+        self.writable = Wake()  # type: ignore[assignment]
+        self.writable.set()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -160,6 +178,11 @@ class AnsweringWebSocketProtocol(WebSocketsSansIOProtocol):
             "more_body", False
         ):
             self.handshake_complete = True  # answered with an HTTP response, as meant
+        if self.handshake_complete and hasattr(self, "request"):
+            # websockets' parser keeps the request in its suspended frame for the life of
+            # the connection: emptied, its headers go even so.
+            self.request.headers.clear()
+            del self.request, self.response
 
 
 def bounded_http(header_timeout: float, max_header_bytes: int) -> type[BoundedHttpProtocol]:

@@ -2,57 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Generic, TypeVar
 from uuid import UUID
 
 from ledger import metrics
 from ledger.domain import CarePair, Scope
 from ledger.storage.notifications import Mark
+from ledger.waiting import Wake
 from ledger.wire import Encoded
 
 FrameT = TypeVar("FrameT")
-
-
-class Wake:
-    """``asyncio.Event``'s ``set``, ``clear`` and ``wait`` for a single waiter.
-
-    Every open stream holds one for its whole life; an Event keeps a deque of waiters,
-    whose first block alone is about 600 bytes (docs/ARCHITECTURE.md, "Memory per idle
-    stream"). A stream has one reader, so one future, made while it waits, is enough.
-    """
-
-    __slots__ = ("_flag", "_waiter")
-
-    def __init__(self) -> None:
-        self._flag = False
-        self._waiter: asyncio.Future[None] | None = None
-
-    def is_set(self) -> bool:
-        return self._flag
-
-    def set(self) -> None:
-        if self._flag:
-            return
-        self._flag = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def clear(self) -> None:
-        self._flag = False
-
-    async def wait(self) -> None:
-        if self._flag:
-            return
-        if self._waiter is not None:
-            raise RuntimeError("a stream's wake-up has one waiter")
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiter = waiter
-        try:
-            await waiter
-        finally:
-            self._waiter = None
 
 
 class Mailbox(Generic[FrameT]):

@@ -1,8 +1,9 @@
 """The lean routes answer every request exactly as the declared FastAPI routes do.
 
-A second server runs the same app with its lean routes removed, so FastAPI answers
-everything; hypothesis sends both the same requests (regular, malformed, unauthorised,
-replayed) and the answers must agree, apart from what differs between two sessions.
+A second server runs the same app with its lean routes (and lean WebSocket routes) removed,
+so FastAPI answers everything; hypothesis sends both the same requests (regular,
+malformed, unauthorised, replayed) and the answers must agree, apart from what differs
+between two sessions.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ import pytest
 import uvicorn
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from ledger.api.app import create_app
-from ledger.api.lean import LeanRoute
+from ledger.api.lean import LeanRoute, LeanSockets
 from ledger.domain import Status
 from ledger.settings import Settings
 from ledger.testing import free_port
-from tests.support import JWT_SECRET, LiveServer, create_session, token, wait_until
+from tests.support import JWT_SECRET, LiveServer, append, create_session, token, wait_until
 
 # What differs between two sessions' otherwise identical events.
 VOLATILE = ("session_id", "position", "recorded_at")
@@ -38,6 +41,7 @@ def declared(module_database_url: str) -> Iterator[str]:
         database_url=module_database_url,
     )
     app.router.routes[:] = [r for r in app.router.routes if not isinstance(r, LeanRoute)]
+    app.user_middleware[:] = [m for m in app.user_middleware if m.cls is not LeanSockets]  # type: ignore[comparison-overlap]
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
@@ -227,3 +231,50 @@ def test_stream_routes_answer_other_methods_as_declared(server: LiveServer, decl
                     response = client.request(method, path, headers=auth)
                     answers.append((response.status_code, response.headers.get("allow")))
             assert answers[0] == answers[1] == (405, "GET"), (method, path, answers)
+
+
+def _ws_answer(base_url: str, path: str) -> tuple[int, Any]:
+    """A WebSocket open's outcome: the refusal's status and body, or 101 and the first
+    message (its session id left out: each server follows a session of its own)."""
+    url = base_url.replace("http://", "ws://") + path
+    try:
+        with connect(url, open_timeout=10) as ws:
+            first = json.loads(ws.recv(timeout=10))
+    except InvalidStatus as refused:
+        body = refused.response.body.decode()
+        return refused.response.status_code, json.loads(body) if body else None
+    first.get("data", {}).pop("session_id", None)
+    for volatile in VOLATILE:
+        first.get("data", {}).pop(volatile, None)
+    return 101, first
+
+
+def test_websocket_routes_answer_as_declared(server: LiveServer, declared: str) -> None:
+    """The WebSocket streams served in front of the router (``LeanSockets``) open, refuse
+    and decline (a session id in another spelling) exactly as FastAPI's routes do."""
+    admin, unknown = token("admin", "root"), uuid.uuid4()
+    answers = []
+    for base_url in (server.base_url, declared):
+        with httpx.Client(base_url=base_url) as client:
+            session = create_session(client, patient_id="frank")
+            append(client, session, {"status": "queued"})
+        paths = [
+            f"/api/sessions/{session}/status/ws?access_token={admin}",
+            f"/api/sessions/{session.upper()}/status/ws?access_token={admin}",
+            f"/api/sessions/{session}/status/ws",
+            f"/api/sessions/{session}/status/ws?access_token=garbage",
+            f"/api/sessions/{session}/status/ws?access_token={token('patient', 'grace')}",
+            f"/api/sessions/{session}/status/ws?access_token={admin}&last_event_id=x",
+            f"/api/sessions/{unknown}/status/ws?access_token={admin}",
+            f"/api/sessions/not-a-uuid/status/ws?access_token={admin}",
+            f"/api/events/ws?access_token={admin}&session_id={session}",
+            f"/api/events/ws?access_token={admin}&session_id=nope",
+            "/api/events/ws",
+        ]
+        answers.append([_ws_answer(base_url, path) for path in paths])
+    lean, fastapi = answers
+    assert lean == fastapi
+    assert [status for status, _ in lean][:2] == [101, 101]
+    assert lean[0][1]["event"] == "progress"
+    assert lean[0][1]["data"]["status"] == "queued"
+    assert all(status != 500 for status, _ in lean)

@@ -3,15 +3,16 @@ would skip a parameter or a dependency the declared route has."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 import pytest
-from fastapi import APIRouter, Depends, FastAPI, Response
+from fastapi import APIRouter, Depends, FastAPI, Response, WebSocket
 from starlette.requests import Request
 
 from ledger.api import lean
 from ledger.api.app import create_app
-from ledger.api.lean import Lean, LeanRoute
+from ledger.api.lean import Lean, LeanRoute, LeanSocket, LeanSockets
 from ledger.settings import Settings
 
 
@@ -92,3 +93,29 @@ def test_the_apps_own_bindings_match_their_endpoints() -> None:
         "/api/events/stream",
         "/api/sessions/{session_id}/events",
     }
+
+
+async def socket_endpoint(websocket: WebSocket, a: UUID) -> None:
+    return None
+
+
+def test_a_lean_socket_is_bound_to_its_declared_websocket_route() -> None:
+    app = FastAPI()
+    router = APIRouter(prefix="/p")
+    router.add_api_websocket_route("/w/{a}", socket_endpoint)
+    app.include_router(router)
+    [(route, binding)] = lean.socket_routes(app, [LeanSocket(socket_endpoint, {"a": UUID})])
+    assert route.path == "/p/w/{a}"
+    assert binding.endpoint is socket_endpoint
+    with pytest.raises(RuntimeError, match="finds \\['websocket'\\], but the endpoint takes"):
+        lean.socket_routes(app, [LeanSocket(socket_endpoint, {})])
+    with pytest.raises(RuntimeError, match="declared by 0 routes"):
+        lean.socket_routes(app_with(("/y", endpoint)), [LeanSocket(socket_endpoint, {"a": UUID})])
+
+
+def test_the_apps_own_socket_bindings_match_their_endpoints() -> None:
+    app = create_app(Settings())
+    [lean_sockets] = [m for m in app.user_middleware if m.cls is LeanSockets]  # type: ignore[comparison-overlap]
+    routes = cast(lean.SocketRoutes, lean_sockets.kwargs["routes"])
+    paths = [route.path for route, _ in routes]
+    assert paths == ["/api/sessions/{session_id}/status/ws", "/api/events/ws"]

@@ -1,10 +1,11 @@
-"""One module per resource; :data:`ROUTERS` and :data:`LEAN` are what the app mounts."""
+"""One module per resource; :data:`ROUTERS`, :data:`LEAN` and :data:`LEAN_SOCKETS` are
+what the app mounts."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ledger.api.lean import Lean
+from ledger.api.lean import Lean, LeanSocket
 from ledger.api.routes import (
     analytics,
     assignments,
@@ -31,3 +32,4 @@ ROUTERS: list[APIRouter] = [
 
 # The hottest of those routes, served lean (ledger.api.lean).
 LEAN: list[Lean] = [*streams.LEAN, *sessions.LEAN]
+LEAN_SOCKETS: list[LeanSocket] = streams.LEAN_SOCKETS

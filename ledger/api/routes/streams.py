@@ -26,7 +26,15 @@ from ledger.api.deps import (
     streamable_session,
 )
 from ledger.api.filters import PatientFilter, SessionFilter
-from ledger.api.lean import CANONICAL_UUID, Decline, Find, Lean, path_uuid
+from ledger.api.lean import (
+    CANONICAL_UUID,
+    Decline,
+    Find,
+    Lean,
+    LeanSocket,
+    canonical_uuid,
+    path_uuid,
+)
 from ledger.api.schemas import error_responses
 from ledger.api.scopes import ReaderScope, reader_scope
 from ledger.api.sse import FeedResponse
@@ -416,4 +424,11 @@ LEAN = [
             **STREAM_FINDERS,
         },
     ),
+]
+
+# Served in front of the router (``ledger.api.lean.LeanSockets``); a session id in another
+# spelling goes to the declared route.
+LEAN_SOCKETS = [
+    LeanSocket(session_ws, {"session_id": canonical_uuid}),
+    LeanSocket(events_ws, {}),
 ]
