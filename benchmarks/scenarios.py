@@ -296,6 +296,11 @@ def idle_costs(
             rate=100 * connections / 2000, seconds=seconds, poll_interval=None,
         )  # fmt: skip
         settle(fresh)
+        # The tree caught up with the fan-out's appends and signed: its growth in the idle
+        # window is no idle stream's cost (on a slower host it was still going: 1.1 /s).
+        wait_signed(
+            fresh, {"Authorization": f"Bearer {bench_token()}"}, total_events(fresh.database_url)
+        )
         time.sleep(2)  # a trim round after the last stream closed
         before = rss_kib(fresh.process.pid)
         params = {**base, **streams(connections), "hold": 60.0}

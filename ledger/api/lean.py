@@ -29,6 +29,7 @@ from uuid import UUID
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, APIWebSocketRoute, iter_route_contexts
+from starlette.convertors import StringConvertor
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route, WebSocketRoute
@@ -274,5 +275,13 @@ def socket_routes(app: FastAPI, bindings: list[LeanSocket]) -> SocketRoutes:
     for binding in bindings:
         declared = declared_route(app, binding.endpoint, APIWebSocketRoute)
         check(binding, declared)
-        routes.append((WebSocketRoute(declared.path, binding.endpoint), binding))
+        route = WebSocketRoute(declared.path, binding.endpoint)
+        # Each finder parses the raw text of a path parameter of that name.
+        raw = {n for n, c in route.param_convertors.items() if isinstance(c, StringConvertor)}
+        if not set(binding.find) <= raw:
+            raise RuntimeError(
+                f"the lean route of {binding.endpoint.__qualname__} parses "
+                f"{sorted(set(binding.find) - raw)}, not plain parameters of {declared.path}"
+            )
+        routes.append((route, binding))
     return routes

@@ -173,6 +173,7 @@ class Nginx:
         self.port = free_port()
         self.tls_port = free_port()
         self.certificate = certificate
+        self.backend_logs: list[Path] = []
         shipped = (REPO / "deploy" / "nginx.conf").read_text()
         site = (
             shipped.replace("127.0.0.1:8001", f"127.0.0.1:{backends[0]}")
@@ -229,6 +230,16 @@ class Nginx:
         self.process.terminate()
         self.process.wait(10)
 
+    def logs(self, lines: int = 40) -> str:
+        """The ends of nginx's error and access logs and of its backends' (for a failure)."""
+        paths = [self.directory / "error.log", self.directory / "access.log", *self.backend_logs]
+        return "\n".join(
+            f"--- {path.name}:\n"
+            + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            for path in paths
+            if path.exists()
+        )
+
 
 @contextmanager
 def proxying(
@@ -236,6 +247,7 @@ def proxying(
 ) -> Iterator[Nginx]:
     """nginx in front of ``backends`` while the block runs; no token reaches its log."""
     proxy = Nginx(directory, [b.port for b in backends], certificate)
+    proxy.backend_logs = [b.log_path for b in backends if b.log_path is not None]
     try:
         yield proxy
     finally:
@@ -323,7 +335,11 @@ def websocket_delivers(proxy: Nginx, path: str, *, tls: bool = False) -> None:
             assert proxy.certificate is not None
             url = f"wss://127.0.0.1:{proxy.tls_port}{target}?{query}"
             context = proxy.certificate.client_context("http/1.1")
-        with connect(url, ssl=context) as ws:
+        try:
+            ws = connect(url, ssl=context)
+        except TimeoutError as exc:  # the logs say which side held the handshake
+            raise AssertionError(f"no handshake answer through nginx\n{proxy.logs()}") from exc
+        with ws:
             appended = append(client, session_id, {"status": "processed"}).json()[0]
             received = (json.loads(ws.recv(timeout=5)) for _ in range(50))
             # The all-sessions route replays the module's other sessions first.

@@ -17,6 +17,7 @@ from tests.support import (
     create_session,
     iter_sse,
     metric,
+    receive_all,
     stream,
     token,
     wait_until,
@@ -125,3 +126,42 @@ def test_slow_consumer_is_bounded_and_still_gets_everything(
     received = b"".join(chunks).split(b"\r\n\r\n", 1)[1].decode()
     ids = [int(line[4:]) for line in received.splitlines() if line.startswith("id: ")]
     assert ids == list(range(1, total + 1))
+
+
+def test_a_slow_websocket_reader_is_bounded_and_still_gets_everything(
+    server_factory: Callable[..., LiveServer],
+) -> None:
+    """The same over WebSocket: the socket fills, uvicorn's write flag (``ledger.waiting``'s
+    ``Wake``) holds the stream's writer, its queue overflows to the table instead of the
+    server's memory, and once the reader reads it gets every event once, in order."""
+    live = server_factory(LEDGER_SUBSCRIBER_QUEUE_SIZE="8")
+    assert live.process is not None
+    with live.client() as client:
+        session_id = create_session(client)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before the window is agreed
+    sock.connect(("127.0.0.1", live.port))
+    url = (
+        f"ws://127.0.0.1:{live.port}/api/sessions/{session_id}/status/ws"
+        f"?access_token={token('admin')}&last_event_id=0"
+    )
+    # A queue of one message: the client stops reading from the socket once it holds one.
+    with connect(url, sock=sock, max_queue=1, max_size=2**20, ping_interval=None) as ws:
+        blob = "x" * 8000
+        batches, per_batch = 300, 6
+        with live.client() as client:
+            for _ in range(10):
+                append(client, session_id, [{"status": "transcribing", "data": {"b": blob}}] * 6)
+            before = rss_kib(live.process.pid)
+            for _ in range(batches - 10):
+                body = [{"status": "transcribing", "data": {"b": blob}}] * per_batch
+                assert append(client, session_id, body).status_code == 201
+            after = rss_kib(live.process.pid)
+            append(client, session_id, {"status": "processed"})
+        appended_kib = (batches - 10) * per_batch * 8
+        assert after - before < appended_kib / 4, (before, after, appended_kib)
+        assert metric(live, "ledger_queue_overflows_total") >= 1
+        received = receive_all(ws)
+    assert [m["id"] for m in received] == list(range(1, batches * per_batch + 2))
+    assert received[-1]["event"] == "complete"
+    assert ws.close_code == 1000

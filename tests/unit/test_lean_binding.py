@@ -4,15 +4,17 @@ would skip a parameter or a dependency the declared route has."""
 from __future__ import annotations
 
 from typing import Any, cast
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, Response, WebSocket
 from starlette.requests import Request
+from starlette.routing import WebSocketRoute
+from starlette.types import Message, Receive, Scope, Send
 
 from ledger.api import lean
 from ledger.api.app import create_app
-from ledger.api.lean import Lean, LeanRoute, LeanSocket, LeanSockets
+from ledger.api.lean import Lean, LeanRoute, LeanSocket, LeanSockets, canonical_uuid
 from ledger.settings import Settings
 
 
@@ -111,6 +113,54 @@ def test_a_lean_socket_is_bound_to_its_declared_websocket_route() -> None:
         lean.socket_routes(app, [LeanSocket(socket_endpoint, {})])
     with pytest.raises(RuntimeError, match="declared by 0 routes"):
         lean.socket_routes(app_with(("/y", endpoint)), [LeanSocket(socket_endpoint, {"a": UUID})])
+
+
+def test_a_lean_socket_parses_only_plain_path_parameters() -> None:
+    app = FastAPI()
+    app.add_api_websocket_route("/w/{a:uuid}", socket_endpoint)
+    with pytest.raises(RuntimeError, match="parses \\['a'\\], not plain parameters"):
+        lean.socket_routes(app, [LeanSocket(socket_endpoint, {"a": UUID})])
+
+    async def no_parameter(websocket: WebSocket, a: UUID) -> None:
+        return None
+
+    app.add_api_websocket_route("/v", no_parameter)
+    with pytest.raises(RuntimeError, match="not plain parameters of /v"):
+        lean.socket_routes(app, [LeanSocket(no_parameter, {"a": UUID})])
+
+
+async def test_lean_sockets_serve_their_routes_and_hand_on_everything_else() -> None:
+    """The bound endpoint serves a regular path, without the app behind; a declined id, an
+    unbound path and an HTTP request go on to the app."""
+    served: list[UUID] = []
+    handed_on: list[str] = []
+
+    async def stream(websocket: WebSocket, a: UUID) -> None:
+        served.append(a)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        handed_on.append(scope["path"])
+
+    routes = [(WebSocketRoute("/w/{a}", stream), LeanSocket(stream, {"a": canonical_uuid}))]
+    middleware = LeanSockets(app, routes=routes)
+
+    async def nothing() -> Message:
+        raise AssertionError("nothing is read before the endpoint runs")
+
+    async def ignore(message: Message) -> None:
+        return None
+
+    known = uuid4()
+    for kind, path in [
+        ("websocket", f"/w/{known}"),
+        ("websocket", f"/w/{known.hex}"),  # a UUID FastAPI would take, in another spelling
+        ("websocket", "/x"),
+        ("http", f"/w/{known}"),
+    ]:
+        scope: Scope = {"type": kind, "path": path, "root_path": "", "headers": []}
+        await middleware(scope, nothing, ignore)
+    assert served == [known]
+    assert handed_on == [f"/w/{known.hex}", "/x", f"/w/{known}"]
 
 
 def test_the_apps_own_socket_bindings_match_their_endpoints() -> None:
