@@ -44,7 +44,7 @@ def run(
         upgrade(url)
         build_seconds = time.perf_counter() - started
         with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
-            server = bench_server(url, Path(tmp)).start()
+            server = bench_server(url, Path(tmp), quick=quick).start()
             try:
                 results = []
                 if "analytics" in only:

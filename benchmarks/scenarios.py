@@ -812,8 +812,17 @@ def bench_database(settings: Settings, revision: str = "head") -> Iterator[str]:
             )
 
 
-def bench_server(url: str, data_dir: Path, env: dict[str, str] | None = None) -> ServerProcess:
-    """As deployed: one worker per core, each with its own LISTEN connection.
+# --quick runs in the test suite, beside the other groups' run and other modules' servers:
+# a worker's default pools (16 + 8 connections, and the listener) times two workers, twice,
+# took PostgreSQL's 100 connections ("too many clients" in CI). Its figures are not judged.
+QUICK_POOL_SIZE = 4
+
+
+def bench_server(
+    url: str, data_dir: Path, env: dict[str, str] | None = None, *, quick: bool = False
+) -> ServerProcess:
+    """As deployed: one worker per core, each with its own LISTEN connection (servers made
+    from this one's ``env``, such as the idle and growth ones, inherit its pool size).
 
     One load generator is one subject: the per-subject limits would measure themselves.
     """
@@ -825,6 +834,7 @@ def bench_server(url: str, data_dir: Path, env: dict[str, str] | None = None) ->
             "LEDGER_JWT_SECRET": SECRET,
             "LEDGER_MAX_STREAMS_PER_SUBJECT": "0",
             "LEDGER_MAX_APPENDS_PER_SECOND_PER_SUBJECT": "0",
+            **({"LEDGER_POOL_SIZE": str(QUICK_POOL_SIZE)} if quick else {}),
             **(env or {}),
         },
         options=server_options(),

@@ -84,7 +84,13 @@ def proof_figures(server: ServerProcess, url: str) -> list[Figure]:
 
 
 def append_cost_figures(
-    settings: Settings, data_dir: Path, seconds: float, rounds: int, every: int = 10
+    settings: Settings,
+    data_dir: Path,
+    seconds: float,
+    rounds: int,
+    every: int = 10,
+    *,
+    quick: bool = False,
 ) -> list[Figure]:
     """Single and batched appends with the tree on (as deployed) and off, interleaved, each
     server alone on a database of its own: the tree's growth (behind the global order) must
@@ -101,7 +107,8 @@ def append_cost_figures(
         for round_index in range(rounds):
             for on in (True, False):
                 env = {"LEDGER_CHECKPOINT_SECONDS": str(every if on else 0)}
-                server = bench_server(url, data_dir / f"tree-{'on' if on else 'off'}", env)
+                directory = data_dir / f"tree-{'on' if on else 'off'}"
+                server = bench_server(url, directory, env, quick=quick)
                 server.start()
                 try:
                     if not sessions:
@@ -203,5 +210,6 @@ def tree_figures(
         measuring_seconds(quick),
         1 if quick else 5,
         every=1 if quick else 10,
+        quick=quick,
     )
     return figures
