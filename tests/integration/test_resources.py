@@ -75,18 +75,48 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+BATCHES, PER_BATCH = 300, 6  # about 14 MiB of events a slow reader does not read yet
+
+
+def slow_reader_socket(port: int) -> socket.socket:
+    """A connected client socket with a tiny receive window (set before it is agreed)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def append_unread_backlog(live: LiveServer, session_id: str) -> int:
+    """Append the backlog while the stream's reader reads nothing, then end the session;
+    the server grows by a small fraction of it, its queue overflowing to the table.
+    Returns how many events the session holds."""
+    assert live.process is not None
+    blob = "x" * 8000
+    body = [{"status": "transcribing", "data": {"b": blob}}] * PER_BATCH
+    with live.client() as client:
+        for _ in range(10):  # warm-up, then measure
+            append(client, session_id, body)
+        before = rss_kib(live.process.pid)
+        for _ in range(BATCHES - 10):
+            assert append(client, session_id, body).status_code == 201
+        after = rss_kib(live.process.pid)
+        append(client, session_id, {"status": "processed"})
+    appended_kib = (BATCHES - 10) * PER_BATCH * 8
+    # Growth stays a small fraction of what was appended while the consumer slept.
+    assert after - before < appended_kib / 4, (before, after, appended_kib)
+    assert metric(live, "ledger_queue_overflows_total") >= 1
+    return BATCHES * PER_BATCH + 1
+
+
 def test_slow_consumer_is_bounded_and_still_gets_everything(
     server_factory: Callable[..., LiveServer],
 ) -> None:
     live = server_factory(LEDGER_SUBSCRIBER_QUEUE_SIZE="8")
-    assert live.process is not None
     with live.client() as client:
         session_id = create_session(client)
 
     # A client with a tiny receive window that stops reading once the stream is open.
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", live.port))
+    sock = slow_reader_socket(live.port)
     headers = "".join(f"{k}: {v}\r\n" for k, v in auth("admin").items())
     request = (
         f"GET /api/sessions/{session_id}/status/stream?last_event_id=0 HTTP/1.0\r\n"
@@ -94,25 +124,7 @@ def test_slow_consumer_is_bounded_and_still_gets_everything(
     )
     sock.sendall(request.encode())
     assert sock.recv(64).startswith(b"HTTP/1.1 200")
-
-    blob = "x" * 8000
-    batches, per_batch = 300, 6  # about 14 MiB of events the consumer does not read yet
-    with live.client() as client:
-        for _ in range(10):  # warm-up, then measure
-            append(
-                client, session_id, [{"status": "transcribing", "data": {"b": blob}}] * per_batch
-            )
-        before = rss_kib(live.process.pid)
-        for _ in range(batches - 10):
-            body = [{"status": "transcribing", "data": {"b": blob}}] * per_batch
-            assert append(client, session_id, body).status_code == 201
-        after = rss_kib(live.process.pid)
-        append(client, session_id, {"status": "processed"})
-    total = batches * per_batch + 1
-    appended_kib = (batches - 10) * per_batch * 8
-    # Growth stays a small fraction of what was appended while the consumer slept.
-    assert after - before < appended_kib / 4, (before, after, appended_kib)
-    assert metric(live, "ledger_queue_overflows_total") >= 1
+    total = append_unread_backlog(live, session_id)
 
     # Now it reads: every event once, in order.
     sock.settimeout(30)
@@ -135,33 +147,17 @@ def test_a_slow_websocket_reader_is_bounded_and_still_gets_everything(
     ``Wake``) holds the stream's writer, its queue overflows to the table instead of the
     server's memory, and once the reader reads it gets every event once, in order."""
     live = server_factory(LEDGER_SUBSCRIBER_QUEUE_SIZE="8")
-    assert live.process is not None
     with live.client() as client:
         session_id = create_session(client)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before the window is agreed
-    sock.connect(("127.0.0.1", live.port))
     url = (
         f"ws://127.0.0.1:{live.port}/api/sessions/{session_id}/status/ws"
         f"?access_token={token('admin')}&last_event_id=0"
     )
+    sock = slow_reader_socket(live.port)
     # A queue of one message: the client stops reading from the socket once it holds one.
     with connect(url, sock=sock, max_queue=1, max_size=2**20, ping_interval=None) as ws:
-        blob = "x" * 8000
-        batches, per_batch = 300, 6
-        with live.client() as client:
-            for _ in range(10):
-                append(client, session_id, [{"status": "transcribing", "data": {"b": blob}}] * 6)
-            before = rss_kib(live.process.pid)
-            for _ in range(batches - 10):
-                body = [{"status": "transcribing", "data": {"b": blob}}] * per_batch
-                assert append(client, session_id, body).status_code == 201
-            after = rss_kib(live.process.pid)
-            append(client, session_id, {"status": "processed"})
-        appended_kib = (batches - 10) * per_batch * 8
-        assert after - before < appended_kib / 4, (before, after, appended_kib)
-        assert metric(live, "ledger_queue_overflows_total") >= 1
+        total = append_unread_backlog(live, session_id)
         received = receive_all(ws)
-    assert [m["id"] for m in received] == list(range(1, batches * per_batch + 2))
+    assert [m["id"] for m in received] == list(range(1, total + 1))
     assert received[-1]["event"] == "complete"
     assert ws.close_code == 1000
